@@ -1,0 +1,233 @@
+"""The `catalyst` command: operate Catalyst from a shell. Every listing takes --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+
+import click
+from sqlalchemy import select
+
+from catalyst.db.engine import NotMigrated, ensure_migrated, session_scope, upgrade
+from catalyst.db.models import Position, ScheduleEntry, ServiceHealth, TradingState
+from catalyst.domain import CatalystError
+from catalyst.reports import position_dict, table
+from catalyst.settings import get_settings
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc))
+
+
+def _ready():
+    """Settings valid and database migrated, or a clear error."""
+    try:
+        settings = get_settings()
+        ensure_migrated(settings.sqlalchemy_url)
+        return settings
+    except (CatalystError, NotMigrated) as exc:
+        _fail(exc)
+
+
+def _runtime():
+    _ready()
+    from catalyst.runtime import get_runtime
+
+    try:
+        return get_runtime()
+    except CatalystError as exc:
+        _fail(exc)
+
+
+def _emit(data, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+@click.group()
+def main() -> None:
+    """Catalyst: event-driven trading automation (paper trading unless told otherwise)."""
+    from catalyst.logs import configure_logging
+
+    try:
+        configure_logging(get_settings().log_level)
+    except CatalystError as exc:
+        _fail(exc)
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every Alembic migration (safe to run on every release)."""
+    try:
+        settings = get_settings()
+        head = upgrade(settings.sqlalchemy_url)
+    except CatalystError as exc:
+        _fail(exc)
+    click.echo(f"database at revision {head}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Clock, session, services (heartbeats), schedule and positions at a glance."""
+    rt = _runtime()
+    now = rt.clock.now()
+    wall = datetime.now(UTC)
+    with session_scope() as s:
+        services = s.scalars(select(ServiceHealth).order_by(ServiceHealth.service_name)).all()
+        entries = s.scalars(select(ScheduleEntry).order_by(ScheduleEntry.name)).all()
+        open_count = len(s.scalars(select(Position.id).where(Position.status != "closed")).all())
+        halted = s.get(TradingState, "halted")
+    session = rt.calendar.next_session(now)
+    data = {
+        "clock": now.isoformat(), "clock_spec": rt.settings.clock, "market": rt.settings.market,
+        "market_open": rt.calendar.is_open(now), "next_or_current_session": {
+            "open": session.open.isoformat(), "close": session.close.isoformat()},
+        "halted": bool(halted and halted.value.get("halted")), "open_positions": open_count,
+        "broker": rt.settings.broker, "market_data": rt.market_data.name,
+        "services": [{"name": h.service_name, "kind": h.kind, "status": h.status,
+                      "last_heartbeat": h.last_heartbeat.isoformat(),
+                      "age_seconds": round((wall - h.last_heartbeat).total_seconds(), 1),
+                      "checks": h.checks, "positions_checked": h.positions_checked,
+                      "exits_executed": h.exits_executed, "advisor_calls": h.advisor_calls, "errors": h.errors}
+                     for h in services],
+        "schedule": [{"name": e.name, "task": e.task, "next_run_at": e.next_run_at and e.next_run_at.isoformat(),
+                      "last_slot_at": e.last_slot_at and e.last_slot_at.isoformat(), "sent": e.total_sent}
+                     for e in entries],
+    }
+    tz = rt.calendar.tz
+    text = "\n".join([
+        f"clock     {now.astimezone(tz):%Y-%m-%d %H:%M:%S %Z} ({rt.settings.clock})",
+        f"market    {rt.settings.market} {'OPEN' if data['market_open'] else 'closed'}; "
+        f"session {session.open.astimezone(tz):%Y-%m-%d %H:%M}-{session.close.astimezone(tz):%H:%M}",
+        f"trading   {'HALTED' if data['halted'] else 'active'}; broker {rt.settings.broker}; "
+        f"data {rt.market_data.name}; open positions {open_count}",
+        "",
+        table(["service", "status", "heartbeat age s", "checks", "exits", "errors"],
+              [[s["name"], s["status"], s["age_seconds"], s["checks"], s["exits_executed"], s["errors"]]
+               for s in data["services"]], "llrrrr"),
+        "",
+        table(["schedule entry", "task", "next run", "sent"],
+              [[e.name, e.task, e.next_run_at and e.next_run_at.astimezone(tz), e.total_sent] for e in entries],
+              "lllr"),
+    ])
+    _emit(data, as_json, text)
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Include closed positions.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def positions(show_all: bool, as_json: bool) -> None:
+    """Open positions (and closed ones with --all)."""
+    _ready()
+    with session_scope() as s:
+        query = select(Position).order_by(Position.id)
+        if not show_all:
+            query = query.where(Position.status != "closed")
+        rows = [position_dict(p) for p in s.scalars(query).all()]
+    text = table(["id", "symbol", "qty", "status", "entry", "last", "stop", "target", "exit", "reason", "P&L"],
+                 [[r["id"], r["symbol"], r["qty"], r["status"], r["entry_price"], r["last_price"],
+                   r["stop_loss_price"], r["take_profit_price"], r["exit_price"], r["exit_reason"],
+                   r["realized_pnl"] if r["status"] == "closed" else r["unrealized_pnl"]] for r in rows],
+                 "rlrlrrrrrlr") if rows else "no positions"
+    _emit(rows, as_json, text)
+
+
+@main.command("open")
+@click.argument("symbol")
+@click.option("--qty", type=float, required=True, help="Shares to buy (above zero).")
+@click.option("--stop", type=float, default=None, help="Stop-loss price (default: entry - stop_loss_pct).")
+@click.option("--target", type=float, default=None, help="Take-profit price (default: entry + take_profit_pct).")
+@click.option("--json", "as_json", is_flag=True)
+def open_cmd(symbol: str, qty: float, stop: float | None, target: float | None, as_json: bool) -> None:
+    """Open a position by hand, through the same enter_position task the scanner uses."""
+    if qty <= 0:
+        raise click.BadParameter(f"must be above zero, got {qty:g}", param_hint="--qty")
+    _runtime()
+    import uuid
+
+    from tasks.trading import enter_position
+
+    result = enter_position.apply(kwargs={"symbol": symbol, "qty": qty, "stop": stop, "target": target,
+                                          "client_order_id": f"manual-{uuid.uuid4().hex[:24]}"})
+    if result.failed():
+        _fail(result.result)
+    with session_scope() as s:
+        data = position_dict(s.get(Position, result.result))
+    _emit(data, as_json, f"opened position {data['id']}: {data['qty']:g} {data['symbol']} @ "
+                         f"{data['entry_price']:.2f} (stop {data['stop_loss_price']}, target {data['take_profit_price']})")
+
+
+@main.command("close")
+@click.argument("position_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def close_cmd(position_id: int, as_json: bool) -> None:
+    """Close a position now (exit reason: manual), exactly once."""
+    rt = _runtime()
+    from catalyst.positions import request_exit
+    from tasks.monitoring import exit_position
+
+    with session_scope() as s:
+        position = s.get(Position, position_id)
+        if position is None:
+            _fail(CatalystError(f"unknown position id {position_id}"))
+        if position.status == "closed":
+            _fail(CatalystError(f"position {position_id} is already closed ({position.exit_reason})"))
+    request_exit(rt, position_id, "manual")
+    result = exit_position.apply(args=[position_id])
+    if result.failed():
+        _fail(result.result)
+    with session_scope() as s:
+        data = position_dict(s.get(Position, position_id))
+    _emit(data, as_json, f"position {position_id} {data['status']}: exit {data['exit_price']} "
+                         f"({data['exit_reason']}), P&L {data['realized_pnl']}")
+
+
+@main.command()
+@click.option("--reason", required=True, help="Why trading is halted (recorded).")
+def halt(reason: str) -> None:
+    """Stop opening new positions (open ones stay monitored)."""
+    _set_halt(True, reason)
+    click.echo(f"trading halted: {reason}")
+
+
+@main.command()
+def resume() -> None:
+    """Allow new positions again."""
+    _set_halt(False, None)
+    click.echo("trading resumed")
+
+
+def _set_halt(halted: bool, reason: str | None) -> None:
+    _ready()
+    with session_scope() as s:
+        row = s.get(TradingState, "halted")
+        value = {"halted": halted, "reason": reason}
+        if row is None:
+            s.add(TradingState(key="halted", value=value, updated_at=datetime.now(UTC)))
+        else:
+            row.value, row.updated_at = value, datetime.now(UTC)
+
+
+@main.command()
+@click.option("--speed", type=float, default=None, help="Simulated seconds per real second (default fits 3 min).")
+@click.option("--date", "day", default=None, help="Session date to simulate (YYYY-MM-DD; default: a recent one).")
+@click.option("--keep", is_flag=True, help="Keep the demo database under var/demo afterwards.")
+def demo(speed: float | None, day: str | None, keep: bool) -> None:
+    """Run one whole simulated session with a real worker and beat on the embedded default."""
+    from catalyst.demo import run_demo
+
+    try:
+        code = run_demo(speed=speed, day=day, keep=keep)
+    except CatalystError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

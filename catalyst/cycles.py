@@ -1,0 +1,121 @@
+"""Trading cycles: scan the universe into ``scan_results``, then evaluate them into entry verdicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from catalyst.db.engine import session_scope
+from catalyst.db.models import Decision, Position, ScanResult, Security, TradingCycle
+from catalyst.positions import entry_client_order_id
+from catalyst.records import record_decision, wall_now
+from catalyst.runtime import Runtime, is_halted
+from catalyst.domain import BadInput
+from catalyst.scanner import Candidate, EntryRules, Snapshot, evaluate, rank
+
+log = structlog.get_logger("catalyst.cycles")
+RECENT_BARS = 15
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    cycle_id: int
+    symbol: str
+    qty: int
+    stop_loss_price: float
+    take_profit_price: float
+    client_order_id: str
+
+
+def snapshot(rt: Runtime, symbol: str, now: datetime) -> Snapshot | None:
+    """Price, move since today's open and recent volume pace for one symbol (``None`` if unknown today)."""
+    session = rt.calendar.session_at(now)
+    quote = rt.market_data.quote(symbol, now)
+    if session is None or quote is None:
+        return None
+    today = [b for b in rt.market_data.bars(symbol, now, 420) if b.timestamp >= session.open]
+    if not today:
+        return None
+    volume = sum(b.volume for b in today[-RECENT_BARS:])
+    typical = sum(b.volume for b in today) / len(today) * min(len(today), RECENT_BARS)
+    return Snapshot(symbol, quote.price, today[0].open, volume, typical, getattr(rt.market_data, "catalyst", None)
+                    and rt.market_data.catalyst(symbol))
+
+
+def scan(rt: Runtime, slot_at: datetime) -> int:
+    """Rank the universe once for ``slot_at``; a repeated scan of the same slot returns the same cycle."""
+    with session_scope() as s:
+        existing = s.scalar(select(TradingCycle.id).where(TradingCycle.slot_at == slot_at))
+        if existing is not None:
+            return existing
+    now = rt.clock.now()
+    snapshots = [snap for sym in rt.market_data.symbols() if (snap := snapshot(rt, sym, now)) is not None]
+    candidates = rank(snapshots, rt.settings.scan_top_n)
+    try:
+        with session_scope() as s:
+            cycle = TradingCycle(slot_at=slot_at, market=rt.settings.market, status="scanned",
+                                 candidates=len(candidates), started_at=now, finished_at=rt.clock.now())
+            s.add(cycle)
+            s.flush()
+            for c in candidates:
+                s.add(ScanResult(cycle_id=cycle.id, security_id=_security_id(s, rt, c.symbol), symbol=c.symbol,
+                                 rank=c.rank, score=c.score, price=c.price, change_pct=c.change_pct, volume=c.volume,
+                                 relative_volume=c.relative_volume, catalyst=c.catalyst, created_at=now))
+            cycle_id = cycle.id
+    except IntegrityError:  # another worker scanned this slot concurrently
+        with session_scope() as s:
+            return s.scalar(select(TradingCycle.id).where(TradingCycle.slot_at == slot_at))
+    log.info("market_scanned", cycle_id=cycle_id, slot_at=slot_at.isoformat(), universe=len(snapshots),
+             candidates=[c.symbol for c in candidates])
+    return cycle_id
+
+
+def _security_id(s, rt: Runtime, symbol: str) -> int:
+    sid = s.scalar(select(Security.id).where(Security.symbol == symbol))
+    if sid is None:
+        security = Security(symbol=symbol, exchange=rt.calendar.code, created_at=wall_now())
+        s.add(security)
+        s.flush()
+        sid = security.id
+    return sid
+
+
+def evaluate_cycle(rt: Runtime, cycle_id: int, worker: str | None = None) -> list[PlannedEntry]:
+    """Decide which candidates of a cycle to enter; re-evaluating a cycle repeats its first answer."""
+    settings = rt.settings
+    rules = EntryRules(max_positions=settings.max_positions, position_size_usd=settings.position_size_usd,
+                       stop_loss_pct=settings.stop_loss_pct, take_profit_pct=settings.take_profit_pct)
+    now = rt.clock.now()
+    with session_scope() as s:
+        cycle = s.get(TradingCycle, cycle_id)
+        if cycle is None:
+            raise BadInput(f"unknown trading cycle id {cycle_id}")
+        previous = s.scalars(select(Decision).where(Decision.cycle_id == cycle_id, Decision.kind == "evaluate")).all()
+        if previous:
+            return [_planned(cycle_id, d.symbol, d.details) for d in previous if d.action == "enter"]
+        results = s.scalars(select(ScanResult).where(ScanResult.cycle_id == cycle_id).order_by(ScanResult.rank)).all()
+        held = set(s.scalars(select(Position.symbol).where(Position.status != "closed")).all())
+        open_count = s.scalar(select(func.count()).select_from(Position).where(Position.status != "closed"))
+        candidates = [Candidate(r.symbol, r.rank, r.score, r.price, r.change_pct, r.volume, r.relative_volume,
+                                r.catalyst) for r in results]
+        verdicts = evaluate(candidates, held, open_count, is_halted(settings), rules)
+        planned = []
+        for v in verdicts:
+            details = {"qty": v.qty, "stop": v.stop_loss_price, "target": v.take_profit_price}
+            record_decision(s, kind="evaluate", action=v.action, reason=v.reason, symbol=v.symbol, cycle_id=cycle_id,
+                            decided_at=now, worker=worker, details=details)
+            if v.action == "enter":
+                planned.append(_planned(cycle_id, v.symbol, details))
+        cycle.status = "evaluated"
+    log.info("candidates_evaluated", cycle_id=cycle_id, entries=[p.symbol for p in planned],
+             skipped={v.symbol: v.reason for v in verdicts if v.action == "skip"})
+    return planned
+
+
+def _planned(cycle_id: int, symbol: str, details: dict) -> PlannedEntry:
+    return PlannedEntry(cycle_id, symbol, details["qty"], details["stop"], details["target"],
+                        entry_client_order_id(cycle_id, symbol))

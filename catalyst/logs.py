@@ -1,0 +1,40 @@
+"""Structured logs: one JSON object per event, with secrets redacted before anything is written."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import structlog
+
+_SECRET_KEY = re.compile(r"(secret|api_key|apikey|password|token|authorization)", re.I)
+_SECRET_VALUE = re.compile(r"(sk-ant-[\w-]+|(?<=://)[^:/@\s]+:[^@/\s]+(?=@))")
+
+
+def redact(_logger, _method, event_dict: dict) -> dict:
+    """Drop values of secret-looking keys and mask credentials embedded in URLs or strings."""
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEY.search(key) and key != "event":
+            event_dict[key] = "***"
+        elif isinstance(value, str):
+            event_dict[key] = _SECRET_VALUE.sub("***", value)
+    return event_dict
+
+
+def configure_logging(level: str = "INFO", service: str | None = None) -> None:
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer = structlog.dev.ConsoleRenderer(colors=False) if sys.stderr.isatty() else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    if service:
+        structlog.contextvars.bind_contextvars(service=service)

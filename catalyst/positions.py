@@ -1,0 +1,281 @@
+"""Position lifecycle on the database: open, check, request exit, execute exit.
+
+Each function is one idempotent step, safe to run twice or to resume after a crash:
+- entries and exits carry deterministic ``client_order_id``s, and the broker adopts a
+  repeated id instead of placing a second order;
+- a position moves ``open → closing → closed`` only by conditional UPDATE, so exactly one
+  caller wins each transition;
+- an ``orders`` row is written *before* the broker is called, so an order whose reply was
+  lost is never forgotten.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from catalyst import hooks
+from catalyst.brokers.base import BrokerOrderReport, OrderRequest
+from catalyst.db.engine import session_scope
+from catalyst.db.models import Order, Position, PositionMonitorStatus, Security
+from catalyst.domain import BadInput
+from catalyst.exits import ExitAssessment, HeldPosition, assess_exit, realized_pnl
+from catalyst.records import bump, record_activity, record_decision, wall_now
+from catalyst.runtime import Runtime
+
+log = structlog.get_logger("catalyst.positions")
+
+
+class UnknownPosition(BadInput):
+    pass
+
+
+@dataclass(frozen=True)
+class MonitorOutcome:
+    position_id: int
+    action: str  # hold | exit | redrive | closed | skipped
+    reason: str | None = None
+    signals: tuple = field(default_factory=tuple)
+
+    @property
+    def needs_exit_task(self) -> bool:
+        return self.action in ("exit", "redrive")
+
+
+def exit_client_order_id(position_id: int) -> str:
+    return f"exit-p{position_id}"
+
+
+def entry_client_order_id(cycle_id: int, symbol: str) -> str:
+    return f"entry-c{cycle_id}-{symbol}"[:48]
+
+
+# -- entry -------------------------------------------------------------------------------------
+def validate_entry(rt: Runtime, symbol: str, qty: float, stop: float | None, target: float | None):
+    """Refuse bad entries before anything is written; returns (symbol, qty, quote)."""
+    symbol = (symbol or "").strip().upper()
+    try:
+        qty = float(qty)
+    except (TypeError, ValueError):
+        raise BadInput(f"qty {qty!r} is not a number") from None
+    if not math.isfinite(qty) or qty <= 0:
+        raise BadInput(f"qty must be above zero, got {qty:g}")
+    if symbol not in rt.market_data.symbols():
+        raise BadInput(f"unknown symbol {symbol!r}: market data {rt.market_data.name} does not list it")
+    now = rt.clock.now()
+    quote = rt.market_data.quote(symbol, now)
+    if quote is None:
+        raise BadInput(f"no price for {symbol} at {now.isoformat()}")
+    for name, value in (("stop", stop), ("target", target)):
+        if value is not None and (not math.isfinite(float(value)) or float(value) <= 0):
+            raise BadInput(f"{name} price must be a number above zero, got {value!r}")
+    if stop is not None and stop >= quote.price:
+        raise BadInput(f"stop {stop:g} must be below the current price {quote.price:g} of {symbol}")
+    if target is not None and target <= quote.price:
+        raise BadInput(f"target {target:g} must be above the current price {quote.price:g} of {symbol}")
+    return symbol, qty, quote
+
+
+def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str, stop: float | None = None,
+                  target: float | None = None, cycle_id: int | None = None, reason: str = "manual",
+                  worker: str | None = None) -> Position:
+    """Buy ``qty`` of ``symbol`` and record the position; rerunning with the same order id adopts it."""
+    with session_scope() as s:
+        order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
+        if order is not None and order.position_id is not None:
+            return s.get(Position, order.position_id)
+    symbol, qty, quote = validate_entry(rt, symbol, qty, stop, target)
+    now = rt.clock.now()
+    _ensure_order(client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty, cycle_id=cycle_id, now=now)
+    report = rt.broker.submit_order(OrderRequest(client_order_id, symbol, "buy", qty))
+    with session_scope() as s:
+        order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
+        _apply_report(order, report, rt.clock.now())
+        if order.position_id is not None:
+            return s.get(Position, order.position_id)
+        if not report.is_filled:
+            record_decision(s, kind="entry", action="skip", reason=f"order_{report.status}", symbol=symbol,
+                            cycle_id=cycle_id, decided_at=now, worker=worker, details={"broker_reason": report.reason})
+            raise BadInput(f"entry order for {symbol} was {report.status}: {report.reason}")
+        position = _new_position(s, rt, order, report, quote, stop, target, cycle_id, reason)
+        record_decision(s, kind="entry", action="enter", reason=reason, symbol=symbol, position_id=position.id,
+                        cycle_id=cycle_id, decided_at=now, worker=worker,
+                        details={"qty": qty, "price": report.filled_avg_price})
+        record_activity(s, "position_opened", now, position_id=position.id, symbol=symbol, qty=qty,
+                        entry_price=position.entry_price, stop=position.stop_loss_price, target=position.take_profit_price)
+    log.info("position_opened", position_id=position.id, symbol=symbol, qty=qty, entry_price=position.entry_price,
+             stop=position.stop_loss_price, target=position.take_profit_price, client_order_id=client_order_id)
+    return position
+
+
+def _new_position(s, rt: Runtime, order: Order, report: BrokerOrderReport, quote, stop, target, cycle_id, reason):
+    settings = rt.settings
+    price = float(report.filled_avg_price)
+    security = s.scalar(select(Security).where(Security.symbol == order.symbol))
+    if security is None:
+        security = Security(symbol=order.symbol, exchange=rt.calendar.code, created_at=wall_now())
+        s.add(security)
+        s.flush()
+    now = rt.clock.now()
+    position = Position(
+        security_id=security.id, symbol=order.symbol, qty=report.filled_qty, status="open", entry_price=price,
+        entry_volume=quote.volume, high_watermark=price,
+        stop_loss_price=stop if stop is not None else round(price * (1 - settings.stop_loss_pct), 2),
+        take_profit_price=target if target is not None else round(price * (1 + settings.take_profit_pct), 2),
+        max_hold_seconds=settings.max_hold_hours * 3600.0, entry_reason=reason, cycle_id=cycle_id,
+        opened_at=report.filled_at or now, last_price=price, updated_at=now,
+    )
+    s.add(position)
+    s.flush()
+    order.position_id = position.id
+    return position
+
+
+def _ensure_order(client_order_id: str, *, symbol: str, side: str, purpose: str, qty: float, now: datetime,
+                  position_id: int | None = None, cycle_id: int | None = None) -> None:
+    """Write the intent before calling the broker; an existing row (a retry) is kept as it is."""
+    try:
+        with session_scope() as s:
+            if s.scalar(select(Order.id).where(Order.client_order_id == client_order_id)) is None:
+                s.add(Order(client_order_id=client_order_id, symbol=symbol, side=side, purpose=purpose, qty=qty,
+                            position_id=position_id, cycle_id=cycle_id, status="pending_submit", created_at=now,
+                            updated_at=now))
+    except IntegrityError:
+        pass  # a concurrent retry wrote it first
+
+
+def _apply_report(order: Order, report: BrokerOrderReport, now: datetime) -> None:
+    order.broker_order_id = report.broker_order_id
+    order.status = report.status
+    order.filled_qty = report.filled_qty
+    order.filled_avg_price = report.filled_avg_price
+    order.filled_at = report.filled_at
+    order.submitted_at = order.submitted_at or now
+    order.error = None if report.is_filled else report.reason
+    order.updated_at = now
+
+
+# -- monitoring --------------------------------------------------------------------------------
+def held_view(p: Position) -> HeldPosition:
+    return HeldPosition(symbol=p.symbol, qty=p.qty, entry_price=p.entry_price, opened_at=p.opened_at,
+                        high_watermark=p.high_watermark, max_hold=timedelta(seconds=p.max_hold_seconds),
+                        stop_loss_price=p.stop_loss_price, take_profit_price=p.take_profit_price)
+
+
+def check_position(rt: Runtime, position_id: int, worker: str | None = None) -> MonitorOutcome:
+    """One monitor check: price, judge, record; an exit decision moves the position to ``closing``."""
+    now = rt.clock.now()
+    with session_scope() as s:
+        position = s.get(Position, position_id)
+        if position is None:
+            raise UnknownPosition(f"unknown position id {position_id}")
+        if position.status == "closed":
+            return MonitorOutcome(position_id, "closed", position.exit_reason)
+        if position.status == "closing":
+            return MonitorOutcome(position_id, "redrive", position.exit_reason)
+        view = held_view(position)
+        symbol = position.symbol
+    quote = rt.market_data.quote(symbol, now)
+    assessment = assess_exit(view, quote, now, timedelta(seconds=rt.settings.max_quote_age))
+    dry_run = rt.settings.monitor_dry_run
+    with session_scope() as s:
+        position = s.get(Position, position_id)
+        if assessment.price is not None:
+            position.high_watermark = assessment.high_watermark
+            position.last_price = assessment.price
+            position.updated_at = now
+        signals = [sig.as_dict() for sig in assessment.signals]
+        action = assessment.action
+        record_decision(s, kind="monitor", action=action, reason=assessment.reason, symbol=symbol,
+                        position_id=position_id, signals=signals, dry_run=dry_run, worker=worker, decided_at=now,
+                        details={"price": assessment.price, "pnl_pct": assessment.pnl_pct,
+                                 "quote_at": quote.timestamp.isoformat() if quote else None})
+        _upsert_monitor_status(s, position, now, assessment, signals)
+        bump(s, worker, checks=1, positions_checked=1)
+    log.info("position_checked", position_id=position_id, symbol=symbol, action=action, reason=assessment.reason,
+             price=assessment.price, pnl_pct=assessment.pnl_pct, dry_run=dry_run)
+    if assessment.exits and not dry_run and request_exit(rt, position_id, assessment.reason, signals):
+        return MonitorOutcome(position_id, "exit", assessment.reason, assessment.signals)
+    return MonitorOutcome(position_id, "hold" if not assessment.exits else "exit_dry_run", assessment.reason,
+                          assessment.signals)
+
+
+def _upsert_monitor_status(s, position: Position, now: datetime, a: ExitAssessment, signals: list[dict]) -> None:
+    row = s.get(PositionMonitorStatus, position.id)
+    if row is None:
+        row = PositionMonitorStatus(position_id=position.id, symbol=position.symbol, checks=0)
+        s.add(row)
+    row.last_check_at, row.updated_at = now, wall_now()
+    row.price = a.price if a.price is not None else row.price
+    row.pnl_pct = a.pnl_pct if a.pnl_pct is not None else row.pnl_pct
+    row.high_watermark = position.high_watermark
+    row.active_signals = signals
+    row.last_decision = f"{a.action}:{a.reason}" if a.reason else a.action
+    row.checks = (row.checks or 0) + 1
+
+
+# -- exit --------------------------------------------------------------------------------------
+def request_exit(rt: Runtime, position_id: int, reason: str, signals: list[dict] | None = None) -> bool:
+    """Move ``open → closing`` with the exit reason; exactly one caller gets ``True``."""
+    now = rt.clock.now()
+    with session_scope() as s:
+        won = s.execute(
+            update(Position).where(Position.id == position_id, Position.status == "open")
+            .values(status="closing", exit_reason=reason, closing_at=now, updated_at=now)
+        ).rowcount == 1
+        if won:
+            record_activity(s, "exit_requested", now, position_id=position_id, reason=reason, signals=signals or [])
+    if won:
+        log.info("exit_requested", position_id=position_id, reason=reason)
+    return won
+
+
+def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Position:
+    """Sell a ``closing`` position exactly once and close it; safe to rerun at any point."""
+    with session_scope() as s:
+        position = s.get(Position, position_id)
+        if position is None:
+            raise UnknownPosition(f"unknown position id {position_id}")
+        if position.status == "closed":
+            return position
+        status, symbol, qty = position.status, position.symbol, position.qty
+    if status == "open":
+        request_exit(rt, position_id, "manual")
+    client_order_id = exit_client_order_id(position_id)
+    now = rt.clock.now()
+    _ensure_order(client_order_id, symbol=symbol, side="sell", purpose="exit", qty=qty, now=now,
+                  position_id=position_id)
+    log.info("exit_submitted", position_id=position_id, symbol=symbol, qty=qty, client_order_id=client_order_id)
+    report = rt.broker.submit_order(OrderRequest(client_order_id, symbol, "sell", qty))
+    hooks.pause("exit_after_submit")
+    with session_scope() as s:
+        order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
+        _apply_report(order, report, rt.clock.now())
+        position = s.get(Position, position_id)
+        if not report.is_filled:
+            log.warning("exit_not_filled", position_id=position_id, status=report.status, reason=report.reason)
+            return position
+        closed_at = report.filled_at or rt.clock.now()
+        pnl, pnl_pct = realized_pnl(position.entry_price, report.filled_avg_price, position.qty)
+        won = s.execute(
+            update(Position).where(Position.id == position_id, Position.status == "closing").values(
+                status="closed", closed_at=closed_at, exit_price=report.filled_avg_price, realized_pnl=pnl,
+                realized_pnl_pct=pnl_pct, last_price=report.filled_avg_price, updated_at=closed_at)
+        ).rowcount == 1
+        if won:
+            record_decision(s, kind="exit", action="exit", reason=position.exit_reason, symbol=symbol,
+                            position_id=position_id, decided_at=closed_at, worker=worker,
+                            details={"exit_price": report.filled_avg_price, "realized_pnl": pnl, "pnl_pct": pnl_pct})
+            record_activity(s, "position_closed", closed_at, position_id=position_id, symbol=symbol,
+                            reason=position.exit_reason, exit_price=report.filled_avg_price, realized_pnl=pnl)
+            bump(s, worker, exits_executed=1)
+    if won:
+        log.info("position_closed", position_id=position_id, symbol=symbol, reason=position.exit_reason,
+                 exit_price=report.filled_avg_price, realized_pnl=round(pnl, 2), pnl_pct=round(pnl_pct, 3))
+    with session_scope() as s:
+        return s.get(Position, position_id)

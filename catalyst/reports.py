@@ -1,0 +1,68 @@
+"""Plain-text and JSON views of positions and health for the CLI and the demo summary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from catalyst.db.models import Position
+
+POSITION_FIELDS = ("id", "symbol", "qty", "status", "entry_price", "stop_loss_price", "take_profit_price",
+                   "high_watermark", "last_price", "opened_at", "closed_at", "exit_price", "exit_reason",
+                   "realized_pnl", "realized_pnl_pct")
+
+
+def position_dict(p: Position) -> dict:
+    out = {}
+    for name in POSITION_FIELDS:
+        value = getattr(p, name)
+        out[name] = value.isoformat() if isinstance(value, datetime) else value
+    out["unrealized_pnl"] = (
+        round((p.last_price - p.entry_price) * p.qty, 2) if p.status != "closed" and p.last_price else None)
+    return out
+
+
+def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    """A fixed-width text table; ``align`` holds 'l' or 'r' per column."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    align = align or "l" * len(headers)
+
+    def line(values):
+        return "  ".join(v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(values, widths, align)).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+def trades_table(positions: list[Position], tz) -> tuple[str, dict]:
+    """Every trade with entry, exit, reason and P&L, plus totals."""
+    rows, realized, unrealized, wins, closed = [], 0.0, 0.0, 0, 0
+    for p in positions:
+        opened = p.opened_at.astimezone(tz).strftime("%H:%M")
+        if p.status == "closed":
+            closed += 1
+            realized += p.realized_pnl or 0.0
+            wins += (p.realized_pnl or 0) > 0
+            rows.append([p.id, p.symbol, p.qty, opened, p.entry_price, p.closed_at.astimezone(tz).strftime("%H:%M"),
+                         p.exit_price, p.exit_reason, p.realized_pnl, f"{p.realized_pnl_pct:+.2f}%"])
+        else:
+            pnl = (p.last_price - p.entry_price) * p.qty if p.last_price else 0.0
+            unrealized += pnl
+            pct = (p.last_price / p.entry_price - 1) * 100 if p.last_price else 0.0
+            rows.append([p.id, p.symbol, p.qty, opened, p.entry_price, "(open)", p.last_price, p.status, pnl,
+                         f"{pct:+.2f}%"])
+    text = table(["id", "symbol", "qty", "entry", "entry $", "exit", "exit $", "reason", "P&L $", "P&L %"], rows,
+                 "rlrlrlrlrr")
+    totals = {"trades": len(positions), "closed": closed, "open": len(positions) - closed, "wins": wins,
+              "realized_pnl": round(realized, 2), "unrealized_pnl": round(unrealized, 2)}
+    return text, totals

@@ -1,0 +1,53 @@
+"""Celery configuration, derived from Catalyst's settings (REDIS_URL or the embedded broker).
+
+JSON only (pickle refused), exits on their own queue with late acks and prefetch 1,
+monitor results ignored, and broker reconnects retried forever.
+"""
+
+from kombu import Exchange, Queue
+
+from catalyst.settings import get_settings
+
+_settings = get_settings()
+
+QUEUES = ("scan", "evaluate", "monitor", "exit", "maintenance")
+
+broker_url = _settings.broker_url
+if _settings.embedded_broker:
+    broker_transport = "catalyst.embedded_broker:Transport"
+    broker_transport_options = {}
+else:
+    # Above any countdown we use; the monitor redrives exits anyway, so redelivery is a backstop.
+    broker_transport_options = {"visibility_timeout": 600}
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+task_ignore_result = True
+result_backend = None
+enable_utc = True
+timezone = "UTC"
+
+task_queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in QUEUES)
+task_default_queue = "maintenance"
+task_routes = {
+    "catalyst.scan_market": {"queue": "scan"},
+    "catalyst.evaluate_candidates": {"queue": "evaluate"},
+    "catalyst.enter_position": {"queue": "evaluate"},
+    "catalyst.monitor_position": {"queue": "monitor"},
+    "catalyst.exit_position": {"queue": "exit"},
+    "catalyst.check_risk": {"queue": "maintenance"},
+    "catalyst.reconcile": {"queue": "maintenance"},
+    "catalyst.heartbeat": {"queue": "maintenance"},
+}
+worker_prefetch_multiplier = 1
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_hijack_root_logger = False
+worker_send_task_events = False
+beat_scheduler = "workers.scheduler:CatalystScheduler"
+beat_max_loop_interval = 1.0

@@ -1,0 +1,1 @@
+"""Celery tasks: thin shells that load state, call the core, act through adapters and record."""

@@ -1,0 +1,41 @@
+"""What every Catalyst task shares: clear failures for bad input, counted errors, structured logs."""
+
+from __future__ import annotations
+
+import structlog
+from celery import Task
+
+from catalyst.db.engine import session_scope
+from catalyst.domain import BadInput
+from catalyst.records import bump
+
+log = structlog.get_logger("catalyst.tasks")
+
+
+class CatalystTask(Task):
+    """Bad input fails the task once, with its message, without a retry or a traceback."""
+
+    abstract = True
+    throws = (BadInput,)
+    typing = False  # malformed args become BadInput below, not a TypeError before we can explain
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        event = "task_rejected" if isinstance(exc, BadInput) else "task_failed"
+        log.error(event, task=self.name, task_id=task_id, error=str(exc), error_type=type(exc).__name__)
+        try:
+            with session_scope() as s:
+                bump(s, self.request.hostname, errors=1)
+        except Exception:  # counting must never mask the original failure
+            log.warning("error_count_failed", task=self.name)
+
+
+def positive_int(value, what: str) -> int:
+    """Task arguments arrive as JSON: insist on a real positive integer id."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        try:
+            if isinstance(value, str) and value.isdigit() and int(value) > 0:
+                return int(value)
+        except ValueError:
+            pass
+        raise BadInput(f"{what} must be a positive integer, got {value!r}")
+    return value

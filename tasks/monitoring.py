@@ -1,0 +1,42 @@
+"""One position's recurring check, and its exactly-once exit."""
+
+from __future__ import annotations
+
+import structlog
+
+from catalyst import leases
+from catalyst.celery import app
+from catalyst.positions import check_position, execute_exit
+from catalyst.runtime import get_runtime
+from tasks.base import CatalystTask, positive_int
+
+log = structlog.get_logger("catalyst.tasks")
+
+
+@app.task(name="catalyst.monitor_position", base=CatalystTask, bind=True, ignore_result=True)
+def monitor_position(self, position_id: int, slot: str | None = None) -> str:
+    """Check one position; never two checks of the same position at once."""
+    position_id = positive_int(position_id, "position_id")
+    rt = get_runtime()
+    holder = self.request.id or f"local-{id(self)}"
+    name = f"monitor:{position_id}"
+    ttl = max(30.0, rt.clock.wall_seconds(rt.settings.monitor_check_interval) * 2)
+    if leases.acquire(name, holder, ttl) is None:
+        log.info("monitor_skipped", position_id=position_id, reason="check_in_progress")
+        return "skipped"
+    try:
+        outcome = check_position(rt, position_id, worker=self.request.hostname)
+    finally:
+        leases.release(name, holder)
+    if outcome.needs_exit_task:
+        exit_position.apply_async(args=[position_id])
+    return outcome.action
+
+
+@app.task(name="catalyst.exit_position", base=CatalystTask, bind=True, acks_late=True,
+          reject_on_worker_lost=True, autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True,
+          max_retries=5)
+def exit_position(self, position_id: int) -> str:
+    """Sell and close a position exactly once, however often this runs."""
+    position = execute_exit(get_runtime(), positive_int(position_id, "position_id"), worker=self.request.hostname)
+    return position.status

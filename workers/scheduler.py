@@ -1,0 +1,152 @@
+"""CatalystScheduler: a Celery beat scheduler driven by the exchange calendar and the database.
+
+- Only the holder of the ``beat`` lease sends anything; a standby beat polls and takes over
+  within the lease time (20 s by default) if the active one dies.
+- Slots are computed in market time (possibly simulated) and always fall inside a session:
+  nothing is sent on weekends, holidays or after an early close, and a missed slot is
+  skipped to the next in-session one rather than deferred to the open.
+- Each slot is claimed with a conditional UPDATE fenced by the lease token, so even two
+  beats that both think they lead cannot enqueue the same slot twice.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from celery.beat import Scheduler
+from sqlalchemy import delete, or_, select, update
+
+import beat_schedule
+from catalyst import leases
+from catalyst.db.engine import session_scope
+from catalyst.db.models import ScheduleEntry
+from catalyst.runtime import get_runtime
+from workers.heartbeat import beat_heart
+from workers.signals import check_startup
+
+log = structlog.get_logger("catalyst.beat")
+LEASE = "beat"
+MIN_SLEEP = 0.02
+
+
+class CatalystScheduler(Scheduler):
+    def __init__(self, *args, **kwargs):
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.service = f"beat@{socket.gethostname()}:{os.getpid()}"
+        self.token: int | None = None
+        self._last_heartbeat = 0.0
+        self.rt = None
+        super().__init__(*args, **kwargs)
+
+    # -- celery hooks ----------------------------------------------------------------------
+    def setup_schedule(self) -> None:
+        check_startup("beat")
+        self.rt = get_runtime()
+        beat_heart(self.service, kind="beat", status="starting", reset=True)
+        log.info("beat_started", holder=self.holder, clock=self.rt.settings.clock, market=self.rt.settings.market)
+
+    @property
+    def schedule(self) -> dict:
+        with session_scope() as s:
+            return {e.name: e for e in s.scalars(select(ScheduleEntry)).all()}
+
+    def tick(self, *args, **kwargs) -> float:
+        settings = self.rt.settings
+        token = leases.acquire(LEASE, self.holder, settings.beat_lease_seconds)
+        if token != self.token:
+            log.info("beat_active" if token else "beat_standby", holder=self.holder, token=token)
+            self.token = token
+        self._heartbeat("active" if token else "standby")
+        if token is None:
+            return min(1.0, settings.beat_lease_seconds / 4)
+        now = self.rt.clock.now()
+        rows = self._sync_entries(now)
+        for row in rows:
+            if row.next_run_at is not None and row.next_run_at <= now:
+                self._fire(row, now)
+        return self._sleep_until_next(now)
+
+    def close(self) -> None:
+        if self.token is not None:
+            leases.release(LEASE, self.holder)
+            log.info("beat_released", holder=self.holder)
+        try:
+            beat_heart(self.service, kind="beat", status="stopped")
+        except Exception:
+            pass
+        super().close()
+
+    # -- schedule maintenance ---------------------------------------------------------------
+    def _sync_entries(self, now: datetime) -> list[ScheduleEntry]:
+        """Make ``schedule_entries`` match what the database says should run."""
+        settings, cal = self.rt.settings, self.rt.calendar
+        with session_scope() as s:
+            wanted = beat_schedule.wanted_entries(s, settings)
+            rows = {r.name: r for r in s.scalars(select(ScheduleEntry)).all()}
+            gone = [name for name in rows if name not in wanted]
+            if gone:
+                s.execute(delete(ScheduleEntry).where(ScheduleEntry.name.in_(gone)))
+                log.info("schedule_entries_removed", entries=gone)
+            for name, w in wanted.items():
+                row = rows.get(name)
+                if row is None:
+                    first = cal.next_slot(now, timedelta(seconds=w.interval_seconds), strict=False)
+                    row = ScheduleEntry(name=name, task=w.task, queue=w.queue, args=list(w.args),
+                                        interval_seconds=w.interval_seconds, next_run_at=first, total_sent=0,
+                                        updated_at=datetime.now(UTC))
+                    s.add(row)
+                    log.info("schedule_entry_added", entry=name, first_run_at=first.isoformat())
+                elif row.interval_seconds != w.interval_seconds:
+                    row.interval_seconds = w.interval_seconds
+                    row.next_run_at = cal.next_slot(now, timedelta(seconds=w.interval_seconds), strict=False)
+            return [r for name, r in rows.items() if name in wanted] + [
+                r for r in s.new if isinstance(r, ScheduleEntry)]
+
+    def _fire(self, row: ScheduleEntry, now: datetime) -> None:
+        cal = self.rt.calendar
+        interval = timedelta(seconds=row.interval_seconds)
+        slot = row.next_run_at
+        if now - slot > interval:  # beat was away: skip to the current slot instead of replaying history
+            slot = cal.latest_slot(now, interval)
+        following = cal.next_slot(max(now, slot) if slot else now, interval)
+        fence = leases.fence_clause(LEASE, self.holder, self.token)
+        with session_scope() as s:
+            if slot is None:
+                s.execute(update(ScheduleEntry).where(ScheduleEntry.name == row.name).values(next_run_at=following))
+                return
+            claimed = s.execute(
+                update(ScheduleEntry)
+                .where(ScheduleEntry.name == row.name,
+                       or_(ScheduleEntry.last_slot_at.is_(None), ScheduleEntry.last_slot_at < slot), fence)
+                .values(last_slot_at=slot, next_run_at=following, last_sent_at=datetime.now(UTC),
+                        total_sent=ScheduleEntry.total_sent + 1, updated_at=datetime.now(UTC))
+            ).rowcount == 1
+        if not claimed:
+            return
+        expires = max(10.0, self.rt.clock.wall_seconds(row.interval_seconds) * 2)
+        self.app.send_task(row.task, args=list(row.args), kwargs={"slot": slot.isoformat()}, queue=row.queue,
+                           expires=expires, headers={"catalyst_slot": slot.isoformat(), "catalyst_entry": row.name})
+        log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), token=self.token)
+
+    def _sleep_until_next(self, now: datetime) -> float:
+        with session_scope() as s:
+            nxt = s.scalar(select(ScheduleEntry.next_run_at).order_by(ScheduleEntry.next_run_at).limit(1))
+        cap = self.max_interval or 1.0
+        if nxt is None:
+            return cap
+        return max(MIN_SLEEP, min(cap, self.rt.clock.wall_seconds((nxt - now).total_seconds())))
+
+    def _heartbeat(self, status: str) -> None:
+        interval = self.rt.settings.heartbeat_interval
+        if time.monotonic() - self._last_heartbeat >= interval or status != getattr(self, "_hb_status", None):
+            try:
+                beat_heart(self.service, kind="beat", status=status, holder=self.holder)
+            except Exception as exc:
+                log.warning("heartbeat_failed", service=self.service, error=str(exc))
+            self._last_heartbeat = time.monotonic()
+            self._hb_status = status

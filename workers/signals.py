@@ -1,0 +1,59 @@
+"""Worker and beat lifecycle hooks: refuse an unmigrated database, heartbeat, fork safety."""
+
+from __future__ import annotations
+
+import structlog
+from celery import signals
+
+from catalyst.db.engine import NotMigrated, dispose_all, ensure_migrated
+from catalyst.domain import CatalystError
+from catalyst.logs import configure_logging
+from catalyst.settings import get_settings
+from workers.heartbeat import HeartbeatThread, beat_heart
+
+log = structlog.get_logger("catalyst.worker")
+_heartbeat: HeartbeatThread | None = None
+
+
+def check_startup(service: str) -> None:
+    """Exit the process with one clear line if configuration or schema is not usable."""
+    try:
+        settings = get_settings()
+        configure_logging(settings.log_level, service)
+        ensure_migrated(settings.sqlalchemy_url)
+        from catalyst.runtime import get_runtime
+
+        get_runtime()  # validates clock, market data and broker settings up front
+    except (NotMigrated, CatalystError) as exc:
+        log.error("startup_refused", service=service, error=str(exc))
+        raise SystemExit(f"catalyst {service}: {exc}") from None
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender=None, **_):
+    check_startup("worker")
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender=None, **_):
+    global _heartbeat
+    name = sender.hostname
+    beat_heart(name, kind="worker", status="online", reset=True)
+    _heartbeat = HeartbeatThread(name, "worker", get_settings().heartbeat_interval)
+    _heartbeat.start()
+    log.info("worker_online", worker=name)
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(sender=None, **_):
+    if _heartbeat is not None:
+        _heartbeat.stop()
+        try:
+            beat_heart(_heartbeat.service, kind="worker", status="offline")
+        except Exception:
+            pass
+
+
+@signals.worker_process_init.connect
+def _on_child_start(**_):
+    dispose_all()  # never share a parent's database connections across a fork
