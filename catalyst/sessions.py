@@ -102,11 +102,15 @@ class SessionCalendar:
 
     def latest_slot(self, at: datetime, interval: timedelta) -> datetime | None:
         """The most recent slot at or before ``at`` within the current session, if trading now."""
+        if interval <= timedelta(0):
+            raise BadInput("a schedule interval must be positive")
         session = self.session_at(require_aware(at))
         if session is None or not session.contains(at):
             return None
-        steps = (at - session.open) // interval
-        return session.open + steps * interval
+        slot = session.open + ((at - session.open) // interval) * interval
+        if not session.contains(slot):  # the grid point fell in the lunch break: take the last one before it
+            slot = session.open + ((session.break_start - session.open - timedelta(microseconds=1)) // interval) * interval
+        return slot
 
 
 def _first_grid_point(session: Session, ts: datetime, interval: timedelta, strict: bool) -> datetime:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from datetime import date
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from catalyst.domain import BadInput
 
@@ -39,57 +41,59 @@ class _YamlSource(PydanticBaseSettingsSource):
             raise BadInput(f"CATALYST_CONFIG {path!r} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise BadInput(f"CATALYST_CONFIG {path!r} must hold a mapping of setting: value")
-        known = {name.lower() for name in self.settings_cls.model_fields}
-        unknown = sorted(k for k in data if str(k).lower() not in known)
+        aliases = {}
+        for name, info in self.settings_cls.model_fields.items():
+            aliases[name.lower()] = aliases[str(info.validation_alias).lower()] = info.validation_alias
+        unknown = sorted(str(k) for k in data if str(k).lower() not in aliases)
         if unknown:
             raise BadInput(f"CATALYST_CONFIG {path!r} has unknown settings: {', '.join(unknown)}")
-        return {str(k).lower(): v for k, v in data.items()}
+        return {aliases[str(k).lower()]: v for k, v in data.items()}
 
 
 class Settings(BaseSettings):
     """Every knob Catalyst reads. Field names double as YAML keys."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
-    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
-    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
-    var_dir: Path = Field(default=Path("var"), validation_alias=AliasChoices("CATALYST_VAR_DIR", "var_dir"))
-    broker: Literal["paper", "alpaca"] = Field(default="paper", validation_alias=AliasChoices("CATALYST_BROKER", "broker"))
-    market_data: str = Field(default="synthetic", validation_alias=AliasChoices("CATALYST_MARKET_DATA", "market_data"))
-    clock: str = Field(default="wall", validation_alias=AliasChoices("CATALYST_CLOCK", "clock"))
-    market: Literal["US", "HK"] = Field(default="US", validation_alias=AliasChoices("CATALYST_MARKET", "market"))
-    live_trading: bool = Field(default=False, validation_alias=AliasChoices("CATALYST_LIVE_TRADING", "live_trading"))
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL", repr=False)
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL", repr=False)
+    var_dir: Path = Field(default=Path("var"), validation_alias="CATALYST_VAR_DIR")
+    broker: Literal["paper", "alpaca"] = Field(default="paper", validation_alias="CATALYST_BROKER")
+    market_data: str = Field(default="synthetic", validation_alias="CATALYST_MARKET_DATA")
+    clock: str = Field(default="wall", validation_alias="CATALYST_CLOCK")
+    market: Literal["US", "HK"] = Field(default="US", validation_alias="CATALYST_MARKET")
+    live_trading: bool = Field(default=False, validation_alias="CATALYST_LIVE_TRADING")
 
-    alpaca_api_key: str | None = Field(default=None, validation_alias=AliasChoices("ALPACA_API_KEY", "alpaca_api_key"), repr=False)
-    alpaca_secret_key: str | None = Field(default=None, validation_alias=AliasChoices("ALPACA_SECRET_KEY", "alpaca_secret_key"), repr=False)
-    alpaca_base_url: str = Field(default=PAPER_ALPACA_URL, validation_alias=AliasChoices("ALPACA_BASE_URL", "alpaca_base_url"))
-    alpaca_data_url: str | None = Field(default=None, validation_alias=AliasChoices("ALPACA_DATA_URL", "alpaca_data_url"))
-    alpaca_feed: str = Field(default="iex", validation_alias=AliasChoices("ALPACA_FEED", "alpaca_feed"))
+    alpaca_api_key: str | None = Field(default=None, validation_alias="ALPACA_API_KEY", repr=False)
+    alpaca_secret_key: str | None = Field(default=None, validation_alias="ALPACA_SECRET_KEY", repr=False)
+    alpaca_base_url: str = Field(default=PAPER_ALPACA_URL, validation_alias="ALPACA_BASE_URL")
+    alpaca_data_url: str | None = Field(default=None, validation_alias="ALPACA_DATA_URL")
+    alpaca_feed: str = Field(default="iex", validation_alias="ALPACA_FEED")
 
-    anthropic_api_key: str | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "anthropic_api_key"), repr=False)
-    anthropic_base_url: str | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "anthropic_base_url"))
-    advisor_model: str = Field(default="claude-haiku-4-5", validation_alias=AliasChoices("CATALYST_ADVISOR_MODEL", "advisor_model"))
-    ai_daily_budget_usd: float = Field(default=5.0, ge=0, validation_alias=AliasChoices("CATALYST_AI_DAILY_BUDGET_USD", "ai_daily_budget_usd"))
+    anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)
+    anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
+    advisor_model: str = Field(default="claude-haiku-4-5", validation_alias="CATALYST_ADVISOR_MODEL")
+    ai_daily_budget_usd: float = Field(default=5.0, ge=0, validation_alias="CATALYST_AI_DAILY_BUDGET_USD")
 
-    monitor_check_interval: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("MONITOR_CHECK_INTERVAL", "monitor_check_interval"))
-    monitor_dry_run: bool = Field(default=False, validation_alias=AliasChoices("MONITOR_DRY_RUN", "monitor_dry_run"))
+    monitor_check_interval: float = Field(default=60.0, gt=0, validation_alias="MONITOR_CHECK_INTERVAL")
+    monitor_dry_run: bool = Field(default=False, validation_alias="MONITOR_DRY_RUN")
 
     # Trading rules (Phase-2 position management defaults).
-    stop_loss_pct: float = Field(default=0.05, gt=0, lt=1, validation_alias=AliasChoices("CATALYST_STOP_LOSS_PCT", "stop_loss_pct"))
-    take_profit_pct: float = Field(default=0.15, gt=0, validation_alias=AliasChoices("CATALYST_TAKE_PROFIT_PCT", "take_profit_pct"))
-    max_hold_hours: float = Field(default=24.0, gt=0, validation_alias=AliasChoices("CATALYST_MAX_HOLD_HOURS", "max_hold_hours"))
-    scan_interval: float = Field(default=1800.0, gt=0, validation_alias=AliasChoices("CATALYST_SCAN_INTERVAL", "scan_interval"))
-    scan_top_n: int = Field(default=5, gt=0, validation_alias=AliasChoices("CATALYST_SCAN_TOP_N", "scan_top_n"))
-    max_positions: int = Field(default=5, ge=0, validation_alias=AliasChoices("CATALYST_MAX_POSITIONS", "max_positions"))
-    position_size_usd: float = Field(default=1000.0, gt=0, validation_alias=AliasChoices("CATALYST_POSITION_SIZE_USD", "position_size_usd"))
-    paper_starting_cash: float = Field(default=100_000.0, gt=0, validation_alias=AliasChoices("CATALYST_PAPER_CASH", "paper_starting_cash"))
-    max_quote_age: float = Field(default=300.0, gt=0, validation_alias=AliasChoices("CATALYST_MAX_QUOTE_AGE", "max_quote_age"))
-    closed_dates: list[str] = Field(default_factory=list, validation_alias=AliasChoices("CATALYST_CLOSED_DATES", "closed_dates"))
+    stop_loss_pct: float = Field(default=0.05, gt=0, lt=1, validation_alias="CATALYST_STOP_LOSS_PCT")
+    take_profit_pct: float = Field(default=0.15, gt=0, validation_alias="CATALYST_TAKE_PROFIT_PCT")
+    max_hold_hours: float = Field(default=24.0, gt=0, validation_alias="CATALYST_MAX_HOLD_HOURS")
+    scan_interval: float = Field(default=1800.0, gt=0, validation_alias="CATALYST_SCAN_INTERVAL")
+    scan_top_n: int = Field(default=5, gt=0, validation_alias="CATALYST_SCAN_TOP_N")
+    max_positions: int = Field(default=5, ge=0, validation_alias="CATALYST_MAX_POSITIONS")
+    position_size_usd: float = Field(default=1000.0, gt=0, validation_alias="CATALYST_POSITION_SIZE_USD")
+    paper_starting_cash: float = Field(default=100_000.0, gt=0, validation_alias="CATALYST_PAPER_CASH")
+    max_quote_age: float = Field(default=300.0, gt=0, validation_alias="CATALYST_MAX_QUOTE_AGE")
+    closed_dates: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="CATALYST_CLOSED_DATES")
 
     # Process plumbing.
-    heartbeat_interval: float = Field(default=10.0, gt=0, validation_alias=AliasChoices("CATALYST_HEARTBEAT_INTERVAL", "heartbeat_interval"))
-    beat_lease_seconds: float = Field(default=20.0, gt=0, validation_alias=AliasChoices("CATALYST_BEAT_LEASE_SECONDS", "beat_lease_seconds"))
-    log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+    heartbeat_interval: float = Field(default=10.0, gt=0, validation_alias="CATALYST_HEARTBEAT_INTERVAL")
+    beat_lease_seconds: float = Field(default=20.0, gt=0, validation_alias="CATALYST_BEAT_LEASE_SECONDS")
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -98,8 +102,37 @@ class Settings(BaseSettings):
     @field_validator("closed_dates", mode="before")
     @classmethod
     def _split_dates(cls, value: Any) -> Any:
+        """Accept "2026-11-24, 2026-11-25", a JSON list, or YAML dates; insist on real dates."""
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            text = value.strip()
+            if text.startswith("["):
+                value = yaml.safe_load(text)
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, date):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError("closed_dates must be a list of YYYY-MM-DD dates")
+        days = []
+        for item in value:
+            if isinstance(item, date):
+                days.append(item.isoformat())
+                continue
+            try:
+                days.append(date.fromisoformat(str(item)).isoformat())
+            except ValueError:
+                raise ValueError(f"closed date {item!r} is not YYYY-MM-DD") from None
+        return days
+
+    @field_validator("clock")
+    @classmethod
+    def _check_clock(cls, value: str) -> str:
+        from catalyst.clock import parse_clock_spec
+
+        try:
+            parse_clock_spec(value)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @property
@@ -126,12 +159,20 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings, turning validation failures into one readable ``BadInput``."""
+    fields = Settings.model_fields
+    overrides = {str(fields[k].validation_alias) if k in fields else k: v for k, v in overrides.items()}
     try:
         return Settings(**overrides)
+    except SettingsError as exc:
+        raise BadInput(f"bad configuration: {exc}") from None
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
+        by_alias = {str(info.validation_alias): name for name, info in Settings.model_fields.items()}
+
+        def where(err) -> str:
+            alias = ".".join(str(p) for p in err["loc"]) or "settings"
+            return f"{by_alias[alias]} ({alias})" if alias in by_alias else alias
+
+        problems = "; ".join(f"{where(err)}: {err['msg']}" for err in exc.errors())
         raise BadInput(f"bad configuration: {problems}") from None
 
 
