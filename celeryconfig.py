@@ -32,7 +32,9 @@ result_backend = None
 enable_utc = True
 timezone = "UTC"
 
-task_queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in QUEUES)
+# The anonymous exchange routes by queue name alone: no binding tables in Redis, so a flushed
+# Redis still delivers every message the moment the queue list is written again.
+task_queues = tuple(Queue(name, Exchange(""), routing_key=name) for name in QUEUES)
 task_default_queue = "maintenance"
 task_routes = {
     "catalyst.scan_market": {"queue": "scan"},

@@ -1,0 +1,163 @@
+"""Shared test helpers: real PostgreSQL/Redis/SQLite environments and real worker/beat processes."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from catalyst.db.engine import dispose_all, session_scope, upgrade
+from catalyst.processes import spawn_beat, spawn_worker
+from catalyst.runtime import reset_runtime
+
+PG_ADMIN = os.environ.get("CATALYST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST = os.environ.get("CATALYST_TEST_REDIS", "redis://127.0.0.1:6379/9")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEMPLATE = f"catalyst_tpl_{os.getpid()}"
+CATALYST_VARS = ("DATABASE_URL", "REDIS_URL", "CATALYST_VAR_DIR", "CATALYST_BROKER", "CATALYST_MARKET_DATA",
+                 "CATALYST_CLOCK", "CATALYST_MARKET", "CATALYST_CONFIG", "MONITOR_CHECK_INTERVAL", "MONITOR_DRY_RUN",
+                 "CATALYST_TEST_PAUSE", "CATALYST_MAX_HOLD_HOURS", "CATALYST_SCAN_INTERVAL", "CATALYST_CLOSED_DATES")
+
+
+def unavailable(what: str) -> None:
+    """Skip locally when a server is missing; on CI a missing server is a failure, never a silent skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required on CI")
+    pytest.skip(f"{what} not reachable")
+
+
+def pg_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def redis_available() -> bool:
+    try:
+        return redis.Redis.from_url(REDIS_TEST, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        return False
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+_template_ready = False
+
+
+def fresh_pg_url() -> str:
+    """A new, migrated PostgreSQL database (cloned from a migrated template for speed)."""
+    global _template_ready
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    if not _template_ready:
+        _admin(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        _admin(f"CREATE DATABASE {TEMPLATE}")
+        upgrade(f"{base}/{TEMPLATE}".replace("postgresql://", "postgresql+psycopg://"))
+        dispose_all()
+        _template_ready = True
+    name = f"catalyst_t_{uuid.uuid4().hex[:10]}"
+    _admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    return f"{base}/{name}"
+
+
+def drop_pg(url: str) -> None:
+    dispose_all()
+    name = url.rsplit("/", 1)[1]
+    try:
+        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    except psycopg.Error:
+        pass
+
+
+def drop_template() -> None:
+    if _template_ready:
+        try:
+            _admin(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        except psycopg.Error:
+            pass
+
+
+@contextmanager
+def environment(env: dict[str, str]):
+    """Point this process (and processes it spawns) at ``env``; restore everything afterwards."""
+    saved = {k: os.environ.get(k) for k in set(CATALYST_VARS) | set(env)}
+    for k in CATALYST_VARS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    reset_runtime()
+    dispose_all()
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_runtime()
+        dispose_all()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll until ``predicate()`` is truthy; returns its value or fails with ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def query(fn):
+    with session_scope() as s:
+        return fn(s)
+
+
+def write_replay_csv(path: Path, symbol: str, start: datetime, closes: list[float], volume: int = 10_000) -> Path:
+    """One-minute bars from ``start`` with the given closes (open = previous close)."""
+    lines = ["timestamp,symbol,open,high,low,close,volume"]
+    previous = closes[0]
+    for i, close in enumerate(closes):
+        ts = start + timedelta(minutes=i)
+        lines.append(f"{ts.isoformat()},{symbol},{previous:.2f},{max(previous, close):.2f},"
+                     f"{min(previous, close):.2f},{close:.2f},{volume}")
+        previous = close
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Stack:
+    """Real worker(s) and beat(s) for one test, stopped (or killed) at teardown."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.procs = []
+
+    def worker(self, name: str = "worker", **kw):
+        p = spawn_worker({}, self.log_dir, name=name, **kw)
+        self.procs.append(p)
+        return p
+
+    def beat(self, name: str = "beat"):
+        p = spawn_beat({}, self.log_dir, name=name)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.stop(timeout=15)
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.log_text()[-6000:]}" for p in self.procs)
