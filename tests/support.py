@@ -145,8 +145,8 @@ class Stack:
         self.log_dir = log_dir
         self.procs = []
 
-    def worker(self, name: str = "worker", **kw):
-        p = spawn_worker({}, self.log_dir, name=name, **kw)
+    def worker(self, name: str = "worker", env_extra: dict | None = None, **kw):
+        p = spawn_worker(env_extra or {}, self.log_dir, name=name, **kw)
         self.procs.append(p)
         return p
 
@@ -161,3 +161,32 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.log_text()[-6000:]}" for p in self.procs)
+
+
+def seed_position(symbol: str, price: float, opened_at: datetime, qty: float = 10, max_hold_hours: float = 240) -> int:
+    """Insert an open position directly (as if entered earlier), for tests that only need monitoring."""
+    from sqlalchemy import select
+
+    from catalyst.db.models import Position, Security
+
+    with session_scope() as s:
+        security = s.scalar(select(Security).where(Security.symbol == symbol))
+        if security is None:
+            security = Security(symbol=symbol, exchange="XNYS", created_at=opened_at)
+            s.add(security)
+            s.flush()
+        p = Position(security_id=security.id, symbol=symbol, qty=qty, status="open", entry_price=price,
+                     entry_volume=10_000, high_watermark=price, stop_loss_price=round(price * 0.95, 2),
+                     take_profit_price=round(price * 1.15, 2), max_hold_seconds=max_hold_hours * 3600,
+                     opened_at=opened_at, updated_at=opened_at)
+        s.add(p)
+        s.flush()
+        return p.id
+
+
+def queued_messages(redis_url: str, queue: str) -> list[dict]:
+    """Messages waiting in a Redis-backed Celery queue, decoded (nothing is consumed)."""
+    import json
+
+    client = redis.Redis.from_url(redis_url)
+    return [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
