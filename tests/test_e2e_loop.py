@@ -3,6 +3,7 @@ and exits exactly once when the price crosses its stop — on PostgreSQL + Redis
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -63,8 +64,6 @@ def test_stop_loss_closes_position_once_and_its_schedule_comes_and_goes(loop_env
              30, what="worker and beat heartbeats")
 
     opened = cli("open", "TEST", "--qty", "10", "--stop", "95", "--target", "120", "--json")
-    import json
-
     position_id = json.loads(opened.stdout)["id"]
     entry = f"monitor-position-{position_id}"
     wait_for(lambda: query(lambda s: s.get(ScheduleEntry, entry)), 10, what=f"{entry} to appear")
@@ -80,3 +79,10 @@ def test_stop_loss_closes_position_once_and_its_schedule_comes_and_goes(loop_env
     broker_sells = query(lambda s: s.scalar(select(func.count()).select_from(PaperOrder).where(PaperOrder.side == "sell")))
     assert broker_sells == 1
     wait_for(lambda: query(lambda s: s.get(ScheduleEntry, entry) is None), 10, what=f"{entry} to disappear")
+
+    health = {h.kind: h for h in query(lambda s: s.scalars(select(ServiceHealth)).all())}
+    assert health["worker"].checks >= 1 and health["worker"].positions_checked >= 1
+    assert health["worker"].exits_executed == 1
+    assert health["beat"].status == "active"
+    for row in health.values():  # heartbeats are fresh (interval 2 s in this test, 10 s by default, 30 s at most)
+        assert (datetime.now(timezone.utc) - row.last_heartbeat).total_seconds() < 30
