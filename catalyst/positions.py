@@ -23,8 +23,8 @@ from catalyst import hooks
 from catalyst.brokers.base import BrokerOrderReport, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position, PositionMonitorStatus, Security
-from catalyst.domain import BadInput
-from catalyst.exits import ExitAssessment, HeldPosition, assess_exit, realized_pnl
+from catalyst.domain import BadInput, require_price
+from catalyst.exits import ExitAssessment, HeldPosition, assess_exit, quote_problem, realized_pnl
 from catalyst.records import bump, record_activity, record_decision, wall_now
 from catalyst.runtime import Runtime
 
@@ -57,7 +57,7 @@ def entry_client_order_id(cycle_id: int, symbol: str) -> str:
 
 # -- entry -------------------------------------------------------------------------------------
 def validate_entry(rt: Runtime, symbol: str, qty: float, stop: float | None, target: float | None):
-    """Refuse bad entries before anything is written; returns (symbol, qty, quote)."""
+    """Refuse bad entries before anything is written; returns (symbol, qty, quote, stop, target)."""
     symbol = (symbol or "").strip().upper()
     try:
         qty = float(qty)
@@ -69,16 +69,24 @@ def validate_entry(rt: Runtime, symbol: str, qty: float, stop: float | None, tar
         raise BadInput(f"unknown symbol {symbol!r}: market data {rt.market_data.name} does not list it")
     now = rt.clock.now()
     quote = rt.market_data.quote(symbol, now)
-    if quote is None:
-        raise BadInput(f"no price for {symbol} at {now.isoformat()}")
-    for name, value in (("stop", stop), ("target", target)):
-        if value is not None and (not math.isfinite(float(value)) or float(value) <= 0):
-            raise BadInput(f"{name} price must be a number above zero, got {value!r}")
+    problem = quote_problem(quote, now, timedelta(seconds=rt.settings.max_quote_age))
+    if problem:
+        raise BadInput(f"cannot enter {symbol} at {now.isoformat()}: {problem.replace('_', ' ')}")
+    stop, target = _price_or_none(stop, "stop"), _price_or_none(target, "target")
     if stop is not None and stop >= quote.price:
         raise BadInput(f"stop {stop:g} must be below the current price {quote.price:g} of {symbol}")
     if target is not None and target <= quote.price:
         raise BadInput(f"target {target:g} must be above the current price {quote.price:g} of {symbol}")
-    return symbol, qty, quote
+    return symbol, qty, quote, stop, target
+
+
+def _price_or_none(value, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return require_price(value, f"{name} price")
+    except BadInput:
+        raise BadInput(f"{name} price must be a number above zero, got {value!r}") from None
 
 
 def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str, stop: float | None = None,
@@ -89,7 +97,7 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
         order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
         if order is not None and order.position_id is not None:
             return s.get(Position, order.position_id)
-    symbol, qty, quote = validate_entry(rt, symbol, qty, stop, target)
+    symbol, qty, quote, stop, target = validate_entry(rt, symbol, qty, stop, target)
     now = rt.clock.now()
     _ensure_order(client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty, cycle_id=cycle_id, now=now)
     report = rt.broker.submit_order(OrderRequest(client_order_id, symbol, "buy", qty))

@@ -43,6 +43,10 @@ class Candidate:
     catalyst: str | None
 
 
+def _finite_positive(*values: float) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
 def score(snapshot: Snapshot) -> float:
     """Momentum in percent, scaled up to 2x by relative volume (capped so one print can't dominate)."""
     boost = 1.0 + min(max(snapshot.relative_volume - 1.0, 0.0), 1.0)
@@ -51,7 +55,8 @@ def score(snapshot: Snapshot) -> float:
 
 def rank(snapshots: list[Snapshot], top_n: int) -> list[Candidate]:
     """Best ``top_n`` snapshots by score; ties broken by symbol so ranking is deterministic."""
-    usable = [s for s in snapshots if s.price > 0 and s.session_open > 0 and math.isfinite(s.price)]
+    usable = [s for s in snapshots if _finite_positive(s.price, s.session_open) and math.isfinite(s.volume)
+              and math.isfinite(s.typical_volume) and s.volume >= 0]
     ordered = sorted(usable, key=lambda s: (-score(s), s.symbol))[:top_n]
     return [
         Candidate(s.symbol, i + 1, round(score(s), 4), s.price, round(s.change_pct, 4), s.volume,
