@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import structlog
 from celery import Task
 
@@ -18,6 +20,13 @@ class CatalystTask(Task):
     abstract = True
     throws = (BadInput,)
     typing = False  # malformed args become BadInput below, not a TypeError before we can explain
+
+    def __call__(self, *args, **kwargs):
+        try:
+            inspect.signature(self.run).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise BadInput(f"{self.name}: malformed arguments: {exc}") from None
+        return super().__call__(*args, **kwargs)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         event = "task_rejected" if isinstance(exc, BadInput) else "task_failed"

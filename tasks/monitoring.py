@@ -20,7 +20,8 @@ def monitor_position(self, position_id: int, slot: str | None = None) -> str:
     rt = get_runtime()
     holder = self.request.id or f"local-{id(self)}"
     name = f"monitor:{position_id}"
-    ttl = max(30.0, rt.clock.wall_seconds(rt.settings.monitor_check_interval) * 2)
+    # Long enough to cover one check, short enough that a crashed check blocks at most a few slots.
+    ttl = min(60.0, max(5.0, rt.clock.wall_seconds(rt.settings.monitor_check_interval)))
     if leases.acquire(name, holder, ttl) is None:
         log.info("monitor_skipped", position_id=position_id, reason="check_in_progress")
         return "skipped"

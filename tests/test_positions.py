@@ -13,7 +13,6 @@ clock spec keeps its own anchor), exactly as a process restarted later would see
 
 from __future__ import annotations
 
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -175,9 +174,8 @@ def test_a_bad_entry_is_refused_with_a_clear_message_and_writes_nothing(at, labe
         assert set(counts().values()) == {0}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validate_entry converts stop/target with a bare float(), so a "
-                   "non-numeric stop (e.g. from task args) raises ValueError instead of BadInput")
 def test_a_non_numeric_stop_is_refused_as_bad_input(at):
+    """Found as a bug (ValueError from a bare float()); kept as a regression test."""
     with at(OPEN_MINUTE):
         with pytest.raises(BadInput, match="stop"):
             open_position(get_runtime(), symbol="TEST", qty=QTY, stop="abc", client_order_id="entry-bad-2")
@@ -316,9 +314,8 @@ def test_a_quote_older_than_max_quote_age_holds_with_stale_quote_and_is_recorded
         assert (after["orders"], after["paper_orders"]) == (before["orders"], before["paper_orders"])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validate_entry only checks that a quote exists, not its age, so an "
-                   "entry fills at a price older than max_quote_age")
 def test_opening_on_a_stale_quote_is_refused_and_writes_nothing(at, tmp_path):
+    """Found as a bug (entries filled at a 20-minute-old price); kept as a regression test."""
     short = stale_csv(tmp_path)
     with at(30, short):
         with pytest.raises(BadInput, match="stale|old"):
