@@ -179,23 +179,12 @@ def still_works(position_id: int) -> None:
     assert result.result == "hold"
 
 
-def test_monitoring_an_unknown_position_fails_clearly_and_changes_no_row(tasks_env):
-    from tasks.monitoring import monitor_position
+@pytest.mark.parametrize("task_name", ["monitor_position", "exit_position"])
+def test_an_unknown_position_fails_the_task_clearly_and_changes_no_row(tasks_env, task_name):
+    import tasks.monitoring
 
     before = counts(TASK_TABLES)
-    result = monitor_position.apply(args=[999999])
-    assert result.failed()
-    assert isinstance(result.result, BadInput)
-    assert "unknown position" in str(result.result)
-    assert counts(TASK_TABLES) == before
-    still_works(tasks_env)
-
-
-def test_exiting_an_unknown_position_fails_clearly_and_changes_no_row(tasks_env):
-    from tasks.monitoring import exit_position
-
-    before = counts(TASK_TABLES)
-    result = exit_position.apply(args=[999999])
+    result = getattr(tasks.monitoring, task_name).apply(args=[999999])
     assert result.failed()
     assert isinstance(result.result, BadInput)
     assert "unknown position" in str(result.result)
