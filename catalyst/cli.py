@@ -90,7 +90,7 @@ def status(as_json: bool) -> None:
             "open": session.open.isoformat(), "close": session.close.isoformat()},
         "halted": bool(halted and halted.value.get("halted")), "open_positions": open_count,
         "broker": rt.settings.broker, "market_data": rt.market_data.name,
-        "services": [{"name": h.service_name, "kind": h.kind, "status": h.status,
+        "services": [{"name": h.service_name, "kind": h.kind, "status": _liveness(h, wall, rt.settings),
                       "last_heartbeat": h.last_heartbeat.isoformat(),
                       "age_seconds": round((wall - h.last_heartbeat).total_seconds(), 1),
                       "checks": h.checks, "positions_checked": h.positions_checked,
@@ -117,6 +117,12 @@ def status(as_json: bool) -> None:
               "lllr"),
     ])
     _emit(data, as_json, text)
+
+
+def _liveness(h: ServiceHealth, wall: datetime, settings) -> str:
+    """A service that claims to run but has stopped beating is called out, not trusted."""
+    stale = (wall - h.last_heartbeat).total_seconds() > max(3 * settings.heartbeat_interval, 30)
+    return f"STALE ({h.status})" if stale and h.status in ("online", "active", "standby", "starting") else h.status
 
 
 @main.command()
@@ -217,13 +223,12 @@ def _set_halt(halted: bool, reason: str | None) -> None:
 @main.command()
 @click.option("--speed", type=float, default=None, help="Simulated seconds per real second (default fits 3 min).")
 @click.option("--date", "day", default=None, help="Session date to simulate (YYYY-MM-DD; default: a recent one).")
-@click.option("--keep", is_flag=True, help="Keep the demo database under var/demo afterwards.")
-def demo(speed: float | None, day: str | None, keep: bool) -> None:
+def demo(speed: float | None, day: str | None) -> None:
     """Run one whole simulated session with a real worker and beat on the embedded default."""
     from catalyst.demo import run_demo
 
     try:
-        code = run_demo(speed=speed, day=day, keep=keep)
+        code = run_demo(speed=speed, day=day)
     except CatalystError as exc:
         _fail(exc)
     sys.exit(code)

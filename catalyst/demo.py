@@ -59,7 +59,7 @@ def pick_session(cal: SessionCalendar, day: str | None):
         probe -= timedelta(days=1)
 
 
-def run_demo(speed: float | None = None, day: str | None = None, keep: bool = False) -> int:
+def run_demo(speed: float | None = None, day: str | None = None) -> int:
     root = Path.cwd()
     var_dir = root / "var" / "demo"
     shutil.rmtree(var_dir, ignore_errors=True)
@@ -98,9 +98,9 @@ def run_demo(speed: float | None = None, day: str | None = None, keep: bool = Fa
         for p in reversed(procs):
             p.stop()
     _summary(rt, tz, time.monotonic() - wall_start)
-    if not keep:
-        print(f"(demo database kept at {var_dir.relative_to(root)} until the next run; logs in "
-              f"{logs.relative_to(root)})")
+    print(f"(the demo database stays in {var_dir.relative_to(root)} until the next run; logs in "
+          f"{logs.relative_to(root)}; look around with CATALYST_VAR_DIR={var_dir.relative_to(root)} "
+          f"catalyst positions --all)")
     return code
 
 

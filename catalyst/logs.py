@@ -54,11 +54,11 @@ def configure_logging(level: str = "INFO", service: str | None = None, persist: 
     ]
     if persist:
         processors.append(persist_to_agent_logs)
-    renderer = structlog.dev.ConsoleRenderer(colors=False) if sys.stderr.isatty() else structlog.processors.JSONRenderer()
+    renderer = structlog.dev.ConsoleRenderer(colors=False) if sys.__stderr__.isatty() else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__),  # not Celery's redirected stderr
         cache_logger_on_first_use=False,
     )
     if service:

@@ -59,7 +59,7 @@ class CatalystScheduler(Scheduler):
         settings = self.rt.settings
         token = leases.acquire(LEASE, self.holder, settings.beat_lease_seconds)
         if token != self.token:
-            log.info("beat_active" if token else "beat_standby", holder=self.holder, token=token)
+            log.info("beat_active" if token else "beat_standby", holder=self.holder, fence=token)
             self.token = token
         self._heartbeat("active" if token else "standby")
         if token is None:
@@ -74,6 +74,7 @@ class CatalystScheduler(Scheduler):
     def close(self) -> None:
         if self.token is not None:
             leases.release(LEASE, self.holder)
+            self.token = None
             log.info("beat_released", holder=self.holder)
         try:
             beat_heart(self.service, kind="beat", status="stopped")
@@ -131,7 +132,7 @@ class CatalystScheduler(Scheduler):
         expires = max(10.0, self.rt.clock.wall_seconds(row.interval_seconds) * 2)
         self.app.send_task(row.task, args=list(row.args), kwargs={"slot": slot.isoformat()}, queue=row.queue,
                            expires=expires, headers={"catalyst_slot": slot.isoformat(), "catalyst_entry": row.name})
-        log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), token=self.token)
+        log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), fence=self.token)
 
     def _sleep_until_next(self, now: datetime) -> float:
         with session_scope() as s:
