@@ -49,8 +49,11 @@ def main() -> None:
     """Catalyst: event-driven trading automation (paper trading unless told otherwise)."""
     from catalyst.logs import configure_logging
 
-    try:
-        configure_logging(get_settings().log_level)
+    import os
+
+    try:  # the CLI speaks in tables; its logs stay quiet unless LOG_LEVEL asks for more
+        configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
+        get_settings()
     except CatalystError as exc:
         _fail(exc)
 
@@ -218,6 +221,35 @@ def _set_halt(halted: bool, reason: str | None) -> None:
             s.add(TradingState(key="halted", value=value, updated_at=datetime.now(UTC)))
         else:
             row.value, row.updated_at = value, datetime.now(UTC)
+
+
+@main.command()
+@click.option("--data", "data", required=True, multiple=True,
+              help="Replay CSV with 1-minute bars, or a directory of them (repeat for several).")
+@click.option("--positions", "positions_file", required=True, type=click.Path(dir_okay=False),
+              help="CSV: symbol,qty,opened_at,entry_price,stop_loss_price,take_profit_price")
+@click.option("--json", "as_json", is_flag=True)
+def replay(data: tuple[str, ...], positions_file: str, as_json: bool) -> None:
+    """What the monitor would have done: replay recorded bars through the same tasks."""
+    from catalyst.replay import run_replay
+
+    try:
+        reports = run_replay(list(data), positions_file)
+    except CatalystError as exc:
+        _fail(exc)
+    def local(ts: str | None) -> str:
+        if not ts:
+            return "-"
+        from catalyst.sessions import SessionCalendar
+
+        tz = SessionCalendar.for_market(get_settings().market).tz
+        return datetime.fromisoformat(ts).astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+    rows = [[r["symbol"], r["qty"], local(r["opened_at"]), r["status"], local(r["closed_at"]),
+             r["exit_price"], r["exit_reason"], r["realized_pnl"],
+             ", ".join(f"{s['name']}:{s['strength'][0]}" for s in r["signals"])] for r in reports]
+    _emit(reports, as_json, table(["symbol", "qty", "opened", "status", "closed", "exit $", "reason", "P&L $",
+                                   "signals (S/M/W)"], rows, "lrllrrlrl"))
 
 
 @main.command()

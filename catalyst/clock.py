@@ -83,3 +83,24 @@ def parse_clock_spec(spec: str) -> SimSpec | None:
     if not 0 < speed <= MAX_SPEED:
         raise BadInput(f"CATALYST_CLOCK speed {speed:g} must be above 0 and at most {MAX_SPEED:g}")
     return SimSpec(start=start.astimezone(UTC), speed=speed, text=text)
+
+
+class ManualClock:
+    """Time that moves only when told to (replay steps it slot by slot, deterministically)."""
+
+    speed = 1.0
+    spec = "manual"
+
+    def __init__(self, start: datetime) -> None:
+        if start.tzinfo is None:
+            raise BadInput("a manual clock needs an aware start time")
+        self._now = start.astimezone(UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        self._now = when.astimezone(UTC)
+
+    def wall_seconds(self, sim_seconds: float) -> float:
+        return 0.0

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from catalyst.domain import Quote, Strength, require_aware
+from catalyst.profiles import PROFILES, MarketProfile
 
 # Canonical exit reasons (DESIGN.md §2), in tie-break order for equal strengths.
 EXIT_REASONS = (
@@ -26,6 +27,7 @@ EXIT_REASONS = (
     "rsi_overbought",
     "volume_collapse",
     "macd_bearish",
+    "power_hour",  # WEAK only: recorded, never an exit reason by itself
 )
 _ORDER = {name: i for i, name in enumerate(EXIT_REASONS)}
 
@@ -58,25 +60,48 @@ class HeldPosition:
     max_hold: timedelta
     stop_loss_price: float | None = None
     take_profit_price: float | None = None
+    entry_volume: float | None = None
 
     def __post_init__(self) -> None:
         require_aware(self.opened_at, "opened_at")
 
 
 @dataclass(frozen=True)
-class ExitAssessment:
-    """The outcome of one check: what to do, why, and the numbers behind it."""
+class MarketFacts:
+    """What the market says beyond the price: indicators and time left in the session.
 
-    action: str  # "exit" | "hold"
-    reason: str | None  # exit reason, or why we could not judge (no_price, stale_quote)
+    ``None`` means unknown (too few bars, no session): the signal that needs it is recorded as
+    unknown, never guessed.
+    """
+
+    rsi: float | None = None
+    macd_hist: float | None = None
+    recent_volume: float | None = None
+    minutes_to_close: float | None = None
+
+
+@dataclass(frozen=True)
+class ExitAssessment:
+    """The outcome of one check: what to do, why, and the numbers behind it.
+
+    ``action`` is ``exit`` (a STRONG signal), ``consult`` (MODERATE: ask the advisor) or ``hold``.
+    """
+
+    action: str
+    reason: str | None  # strongest signal's name, or why we could not judge (no_price, stale_quote)
     signals: tuple[ExitSignal, ...] = field(default_factory=tuple)
     price: float | None = None
     pnl_pct: float | None = None
     high_watermark: float | None = None
+    unknown: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def exits(self) -> bool:
         return self.action == "exit"
+
+    @property
+    def strongest(self) -> Strength | None:
+        return self.signals[0].strength if self.signals else None
 
 
 def ordered(signals: list[ExitSignal]) -> tuple[ExitSignal, ...]:
@@ -84,8 +109,29 @@ def ordered(signals: list[ExitSignal]) -> tuple[ExitSignal, ...]:
     return tuple(sorted(signals, key=lambda s: (-int(s.strength), _ORDER.get(s.name, len(_ORDER)))))
 
 
+def _tier(value: float, tiers: list[tuple[float | None, Strength]], below: bool) -> tuple[Strength, float] | None:
+    """The strongest tier that ``value`` reaches (``below``: at or under the threshold)."""
+    for threshold, strength in tiers:
+        if threshold is not None and (value <= threshold if below else value >= threshold):
+            return strength, threshold
+    return None
+
+
+def pnl_signals(pnl_pct: float, profile: MarketProfile) -> list[ExitSignal]:
+    fired = []
+    hit = _tier(pnl_pct, [(profile.stop_loss_strong, Strength.STRONG), (profile.stop_loss_moderate, Strength.MODERATE),
+                          (profile.stop_loss_weak, Strength.WEAK)], below=True)
+    if hit:
+        fired.append(ExitSignal("stop_loss", hit[0], round(pnl_pct, 4), hit[1], "P&L % at or below tier"))
+    hit = _tier(pnl_pct, [(profile.take_profit_strong, Strength.STRONG),
+                          (profile.take_profit_moderate, Strength.MODERATE)], below=False)
+    if hit:
+        fired.append(ExitSignal("take_profit", hit[0], round(pnl_pct, 4), hit[1], "P&L % at or above tier"))
+    return fired
+
+
 def price_signals(pos: HeldPosition, price: float, now: datetime) -> list[ExitSignal]:
-    """Fixed stop price, fixed target price and max hold time (Phase-2 rules)."""
+    """Fixed stop price, fixed target price and max hold time (Phase-2 rules), all STRONG."""
     fired: list[ExitSignal] = []
     if pos.stop_loss_price is not None and price <= pos.stop_loss_price:
         fired.append(ExitSignal("stop_loss", Strength.STRONG, price, pos.stop_loss_price, "price at or below stop"))
@@ -96,6 +142,51 @@ def price_signals(pos: HeldPosition, price: float, now: datetime) -> list[ExitSi
     if held >= limit:
         fired.append(ExitSignal("max_hold_time", Strength.STRONG, held / 3600.0, limit / 3600.0, "hours held"))
     return fired
+
+
+def trailing_signal(price: float, high_watermark: float, profile: MarketProfile) -> list[ExitSignal]:
+    drop = (high_watermark - price) / high_watermark * 100.0 if high_watermark > 0 else 0.0
+    if drop >= profile.trailing_stop_pct:
+        return [ExitSignal("trailing_stop", Strength.MODERATE, round(drop, 4), profile.trailing_stop_pct,
+                           "% below the high-watermark")]
+    return []
+
+
+def indicator_signals(pos: HeldPosition, facts: MarketFacts, profile: MarketProfile) -> tuple[list[ExitSignal], list[str]]:
+    """RSI, MACD and volume collapse; returns (fired, unknown) so missing data is visible."""
+    fired, unknown = [], []
+    if facts.rsi is None:
+        unknown.append("rsi_overbought")
+    else:
+        hit = _tier(facts.rsi, [(profile.rsi_strong, Strength.STRONG), (profile.rsi_moderate, Strength.MODERATE)], False)
+        if hit:
+            fired.append(ExitSignal("rsi_overbought", hit[0], round(facts.rsi, 4), hit[1], "RSI(14)"))
+    if facts.macd_hist is None:
+        unknown.append("macd_bearish")
+    elif facts.macd_hist < profile.macd_hist_below:
+        fired.append(ExitSignal("macd_bearish", Strength.MODERATE, round(facts.macd_hist, 6), profile.macd_hist_below,
+                                "MACD(12,26,9) histogram below threshold"))
+    if facts.recent_volume is None or not pos.entry_volume:
+        unknown.append("volume_collapse")
+    else:
+        ratio = facts.recent_volume / pos.entry_volume
+        hit = _tier(ratio, [(profile.volume_collapse_strong, Strength.STRONG),
+                            (profile.volume_collapse_moderate, Strength.MODERATE)], below=True)
+        if hit:
+            fired.append(ExitSignal("volume_collapse", hit[0], round(ratio, 4), hit[1], "recent volume / entry volume"))
+    return fired, unknown
+
+
+def session_signals(facts: MarketFacts, profile: MarketProfile) -> list[ExitSignal]:
+    """Near close (STRONG) in the last minutes of the actual session; power hour (WEAK) before it."""
+    m = facts.minutes_to_close
+    if m is None:
+        return []
+    if m <= profile.near_close_minutes:
+        return [ExitSignal("near_close", Strength.STRONG, round(m, 2), profile.near_close_minutes, "minutes to close")]
+    if profile.power_hour_until_minutes < m <= profile.power_hour_from_minutes:
+        return [ExitSignal("power_hour", Strength.WEAK, round(m, 2), profile.power_hour_from_minutes, "minutes to close")]
+    return []
 
 
 def quote_problem(quote: Quote | None, now: datetime, max_age: timedelta) -> str | None:
@@ -112,19 +203,24 @@ def quote_problem(quote: Quote | None, now: datetime, max_age: timedelta) -> str
     return None
 
 
-def assess_exit(pos: HeldPosition, quote: Quote | None, now: datetime, max_quote_age: timedelta) -> ExitAssessment:
-    """Judge one position at ``now``. STRONG exits now; anything weaker holds (advisor comes later)."""
+def assess_exit(pos: HeldPosition, quote: Quote | None, now: datetime, max_quote_age: timedelta,
+                profile: MarketProfile = PROFILES["US"], facts: MarketFacts | None = None) -> ExitAssessment:
+    """Judge one position at ``now``: STRONG → exit, MODERATE → consult, WEAK or nothing → hold."""
     require_aware(now, "now")
     problem = quote_problem(quote, now, max_quote_age)
     if problem:
         return ExitAssessment("hold", problem, high_watermark=pos.high_watermark)
+    facts = facts or MarketFacts()
     price = float(quote.price)
     pnl_pct = (price / pos.entry_price - 1.0) * 100.0
     high = max(pos.high_watermark, price)
-    signals = ordered(price_signals(pos, price, now))
-    if signals and signals[0].strength == Strength.STRONG:
-        return ExitAssessment("exit", signals[0].name, signals, price, pnl_pct, high)
-    return ExitAssessment("hold", None, signals, price, pnl_pct, high)
+    fired = pnl_signals(pnl_pct, profile) + price_signals(pos, price, now) + trailing_signal(price, high, profile)
+    more, unknown = indicator_signals(pos, facts, profile)
+    signals = ordered(fired + more + session_signals(facts, profile))
+    strongest = signals[0].strength if signals else None
+    action = {Strength.STRONG: "exit", Strength.MODERATE: "consult"}.get(strongest, "hold")
+    reason = signals[0].name if signals else None
+    return ExitAssessment(action, reason, signals, price, pnl_pct, high, tuple(unknown))
 
 
 def realized_pnl(entry_price: float, exit_price: float, qty: float) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Position lifecycle on the database: open, check, request exit, execute exit.
+"""Position lifecycle on the database: open, request exit, execute exit (checks live in monitor.py).
 
 Each function is one idempotent step, safe to run twice or to resume after a crash:
 - entries and exits carry deterministic ``client_order_id``s, and the broker adopts a
@@ -12,7 +12,6 @@ Each function is one idempotent step, safe to run twice or to resume after a cra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -22,29 +21,23 @@ from sqlalchemy.exc import IntegrityError
 from catalyst import hooks
 from catalyst.brokers.base import BrokerOrderReport, OrderRequest
 from catalyst.db.engine import session_scope
-from catalyst.db.models import Order, Position, PositionMonitorStatus, Security
+from catalyst.db.models import Order, Position, Security
 from catalyst.domain import BadInput, require_price
-from catalyst.exits import ExitAssessment, HeldPosition, assess_exit, quote_problem, realized_pnl
+from catalyst.exits import quote_problem, realized_pnl
 from catalyst.records import bump, record_activity, record_decision, wall_now
 from catalyst.runtime import Runtime
 
 log = structlog.get_logger("catalyst.positions")
+RECENT_VOLUME_BARS = 5
+
+
+def recent_volume(bars) -> float | None:
+    """Mean volume of the given bars: one quiet minute must not look like a volume collapse."""
+    return sum(b.volume for b in bars) / len(bars) if bars else None
 
 
 class UnknownPosition(BadInput):
     pass
-
-
-@dataclass(frozen=True)
-class MonitorOutcome:
-    position_id: int
-    action: str  # hold | exit | redrive | closed | skipped
-    reason: str | None = None
-    signals: tuple = field(default_factory=tuple)
-
-    @property
-    def needs_exit_task(self) -> bool:
-        return self.action in ("exit", "redrive")
 
 
 def exit_client_order_id(position_id: int) -> str:
@@ -132,7 +125,8 @@ def _new_position(s, rt: Runtime, order: Order, report: BrokerOrderReport, quote
     now = rt.clock.now()
     position = Position(
         security_id=security.id, symbol=order.symbol, qty=report.filled_qty, status="open", entry_price=price,
-        entry_volume=quote.volume, high_watermark=price,
+        entry_volume=recent_volume(rt.market_data.bars(order.symbol, now, RECENT_VOLUME_BARS)) or quote.volume,
+        high_watermark=price,
         stop_loss_price=stop if stop is not None else round(price * (1 - settings.stop_loss_pct), 2),
         take_profit_price=target if target is not None else round(price * (1 + settings.take_profit_pct), 2),
         max_hold_seconds=settings.max_hold_hours * 3600.0, entry_reason=reason, cycle_id=cycle_id,
@@ -166,65 +160,6 @@ def _apply_report(order: Order, report: BrokerOrderReport, now: datetime) -> Non
     order.submitted_at = order.submitted_at or now
     order.error = None if report.is_filled else report.reason
     order.updated_at = now
-
-
-# -- monitoring --------------------------------------------------------------------------------
-def held_view(p: Position) -> HeldPosition:
-    return HeldPosition(symbol=p.symbol, qty=p.qty, entry_price=p.entry_price, opened_at=p.opened_at,
-                        high_watermark=p.high_watermark, max_hold=timedelta(seconds=p.max_hold_seconds),
-                        stop_loss_price=p.stop_loss_price, take_profit_price=p.take_profit_price)
-
-
-def check_position(rt: Runtime, position_id: int, worker: str | None = None) -> MonitorOutcome:
-    """One monitor check: price, judge, record; an exit decision moves the position to ``closing``."""
-    now = rt.clock.now()
-    with session_scope() as s:
-        position = s.get(Position, position_id)
-        if position is None:
-            raise UnknownPosition(f"unknown position id {position_id}")
-        if position.status == "closed":
-            return MonitorOutcome(position_id, "closed", position.exit_reason)
-        if position.status == "closing":
-            return MonitorOutcome(position_id, "redrive", position.exit_reason)
-        view = held_view(position)
-        symbol = position.symbol
-    quote = rt.market_data.quote(symbol, now)
-    assessment = assess_exit(view, quote, now, timedelta(seconds=rt.settings.max_quote_age))
-    dry_run = rt.settings.monitor_dry_run
-    with session_scope() as s:
-        position = s.get(Position, position_id)
-        if assessment.price is not None:
-            position.high_watermark = assessment.high_watermark
-            position.last_price = assessment.price
-            position.updated_at = now
-        signals = [sig.as_dict() for sig in assessment.signals]
-        action = assessment.action
-        record_decision(s, kind="monitor", action=action, reason=assessment.reason, symbol=symbol,
-                        position_id=position_id, signals=signals, dry_run=dry_run, worker=worker, decided_at=now,
-                        details={"price": assessment.price, "pnl_pct": assessment.pnl_pct,
-                                 "quote_at": quote.timestamp.isoformat() if quote else None})
-        _upsert_monitor_status(s, position, now, assessment, signals)
-        bump(s, worker, checks=1, positions_checked=1)
-    log.info("position_checked", position_id=position_id, symbol=symbol, action=action, reason=assessment.reason,
-             price=assessment.price, pnl_pct=assessment.pnl_pct, dry_run=dry_run)
-    if assessment.exits and not dry_run and request_exit(rt, position_id, assessment.reason, signals):
-        return MonitorOutcome(position_id, "exit", assessment.reason, assessment.signals)
-    return MonitorOutcome(position_id, "hold" if not assessment.exits else "exit_dry_run", assessment.reason,
-                          assessment.signals)
-
-
-def _upsert_monitor_status(s, position: Position, now: datetime, a: ExitAssessment, signals: list[dict]) -> None:
-    row = s.get(PositionMonitorStatus, position.id)
-    if row is None:
-        row = PositionMonitorStatus(position_id=position.id, symbol=position.symbol, checks=0)
-        s.add(row)
-    row.last_check_at, row.updated_at = now, wall_now()
-    row.price = a.price if a.price is not None else row.price
-    row.pnl_pct = a.pnl_pct if a.pnl_pct is not None else row.pnl_pct
-    row.high_watermark = position.high_watermark
-    row.active_signals = signals
-    row.last_decision = f"{a.action}:{a.reason}" if a.reason else a.action
-    row.checks = (row.checks or 0) + 1
 
 
 # -- exit --------------------------------------------------------------------------------------

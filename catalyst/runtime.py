@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +19,7 @@ from catalyst.db.engine import session_scope
 from catalyst.db.models import TradingState
 from catalyst.domain import BadInput
 from catalyst.marketdata.base import MarketData
+from catalyst.profiles import MarketProfile, profile_for
 from catalyst.sessions import SessionCalendar
 from catalyst.settings import Settings, get_settings
 
@@ -33,6 +33,17 @@ class Runtime:
     calendar: SessionCalendar
     market_data: MarketData
     broker: object
+    profile: MarketProfile
+    _advisor: object | None = None
+
+    @property
+    def advisor(self):
+        """Built on first MODERATE signal: most checks never need it."""
+        if self._advisor is None:
+            from catalyst.advisor import build_advisor
+
+            self._advisor = build_advisor(self.settings)
+        return self._advisor
 
 
 def build_market_data(spec: str) -> MarketData:
@@ -43,10 +54,10 @@ def build_market_data(spec: str) -> MarketData:
     if spec.startswith("replay:"):
         from catalyst.marketdata.replay import ReplayMarketData
 
-        path = spec.split(":", 1)[1]
-        if not path:
+        paths = [p.strip() for p in spec.split(":", 1)[1].split(",") if p.strip()]
+        if not paths:
             raise BadInput("CATALYST_MARKET_DATA=replay: needs a CSV path, e.g. replay:data/SPY.csv")
-        return ReplayMarketData(path)
+        return ReplayMarketData(paths[0] if len(paths) == 1 else paths)
     if spec == "alpaca":
         raise BadInput("CATALYST_MARKET_DATA=alpaca is not available yet; use synthetic or replay:<csv>")
     raise BadInput(f"CATALYST_MARKET_DATA={spec!r} is not one of synthetic, replay:<csv path>, alpaca")
@@ -103,15 +114,31 @@ def is_halted(settings: Settings) -> bool:
         return bool(row and row.value.get("halted"))
 
 
-@lru_cache(maxsize=1)
-def get_runtime() -> Runtime:
-    settings = get_settings()
-    clock = build_clock(settings)
+def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
+    clock = clock or build_clock(settings)
     market_data = build_market_data(settings.market_data)
     calendar = SessionCalendar.for_market(settings.market, tuple(settings.closed_dates))
-    return Runtime(settings, clock, calendar, market_data, build_broker(settings, market_data, clock))
+    profile = profile_for(settings.market, settings.signals)
+    return Runtime(settings, clock, calendar, market_data, build_broker(settings, market_data, clock), profile)
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built once from settings (or installed by :func:`use_runtime`)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = build_runtime(get_settings())
+    return _runtime
+
+
+def use_runtime(rt: Runtime | None) -> None:
+    """Install a runtime for this process (replay steps its own clock through the same tasks)."""
+    global _runtime
+    _runtime = rt
 
 
 def reset_runtime() -> None:
-    get_runtime.cache_clear()
+    use_runtime(None)
     get_settings.cache_clear()

@@ -77,6 +77,15 @@ class Settings(BaseSettings):
 
     monitor_check_interval: float = Field(default=60.0, gt=0, validation_alias="MONITOR_CHECK_INTERVAL")
     monitor_dry_run: bool = Field(default=False, validation_alias="MONITOR_DRY_RUN")
+    signals: dict[str, float | None] = Field(default_factory=dict, validation_alias="CATALYST_SIGNALS")
+
+    # Advisor (Claude) consults on MODERATE signals; without a key the rules fallback decides.
+    advisor_timeout: float = Field(default=15.0, gt=0, le=15, validation_alias="CATALYST_ADVISOR_TIMEOUT")
+    advisor_max_consults_per_cycle: int = Field(default=5, ge=0, validation_alias="CATALYST_ADVISOR_MAX_CONSULTS")
+    advisor_fallback: Literal["hold", "exit"] = Field(default="hold", validation_alias="CATALYST_ADVISOR_FALLBACK")
+    advisor_max_tokens: int = Field(default=300, gt=0, validation_alias="CATALYST_ADVISOR_MAX_TOKENS")
+    advisor_input_usd_per_mtok: float = Field(default=1.0, ge=0, validation_alias="CATALYST_ADVISOR_INPUT_USD_PER_MTOK")
+    advisor_output_usd_per_mtok: float = Field(default=5.0, ge=0, validation_alias="CATALYST_ADVISOR_OUTPUT_USD_PER_MTOK")
 
     # Trading rules (Phase-2 position management defaults).
     stop_loss_pct: float = Field(default=0.05, gt=0, lt=1, validation_alias="CATALYST_STOP_LOSS_PCT")

@@ -6,7 +6,9 @@ import structlog
 
 from catalyst import leases
 from catalyst.celery import app
-from catalyst.positions import check_position, execute_exit
+from catalyst.monitor import check_position
+from catalyst.positions import execute_exit
+from tasks.trading import parse_slot
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask, positive_int
 
@@ -26,7 +28,8 @@ def monitor_position(self, position_id: int, slot: str | None = None) -> str:
         log.info("monitor_skipped", position_id=position_id, reason="check_in_progress")
         return "skipped"
     try:
-        outcome = check_position(rt, position_id, worker=self.request.hostname)
+        outcome = check_position(rt, position_id, worker=self.request.hostname,
+                                 slot=parse_slot(slot) if slot else None)
     finally:
         leases.release(name, holder)
     if outcome.needs_exit_task:

@@ -12,7 +12,7 @@ from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask, positive_int
 
 
-def _slot(value: str | None) -> datetime:
+def parse_slot(value: str | None) -> datetime:
     if value is None:
         return get_runtime().clock.now()
     try:
@@ -27,7 +27,7 @@ def _slot(value: str | None) -> datetime:
 @app.task(name="catalyst.scan_market", base=CatalystTask, bind=True)
 def scan_market(self, slot: str | None = None) -> int:
     """Rank the universe for one schedule slot and hand the cycle to evaluation."""
-    cycle_id = scan(get_runtime(), _slot(slot))
+    cycle_id = scan(get_runtime(), parse_slot(slot))
     evaluate_candidates.apply_async(args=[cycle_id])
     return cycle_id
 

@@ -24,12 +24,24 @@ from catalyst.exits import (
     ExitAssessment,
     ExitSignal,
     HeldPosition,
-    assess_exit,
     ordered,
     price_signals,
     quote_problem,
     realized_pnl,
 )
+from catalyst.exits import assess_exit as _assess_exit
+from catalyst.profiles import PROFILES
+
+# These tests isolate the Phase-2 price rules (fixed stop, fixed target, max hold): the P&L tiers,
+# trailing stop and indicator signals are switched off here and covered in test_signals.py.
+PRICE_ONLY = PROFILES["US"].with_overrides({
+    "stop_loss_strong": -float("inf"), "stop_loss_moderate": None, "stop_loss_weak": None,
+    "take_profit_strong": float("inf"), "take_profit_moderate": None, "trailing_stop_pct": float("inf")})
+
+
+def assess_exit(pos, q, now, max_age, profile=PRICE_ONLY, facts=None):
+    return _assess_exit(pos, q, now, max_age, profile, facts)
+
 
 OPENED = datetime(2025, 3, 4, 14, 31, tzinfo=UTC)
 NOW = OPENED + timedelta(hours=1)

@@ -34,6 +34,13 @@ def _on_worker_init(sender=None, **_):
     check_startup("worker")
 
 
+@signals.worker_init.connect
+def _warm_indicators(sender=None, **_):
+    from catalyst.indicators import warm_up
+
+    warm_up()  # pandas-ta import and any numba compilation happen once, before the first check
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_):
     global _heartbeat

@@ -253,3 +253,42 @@ class PaperAccount(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     cash: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[datetime]
+
+
+class IndicatorSnapshot(Base):
+    """Indicators of one symbol for one monitor slot, computed once and shared by every position in it."""
+
+    __tablename__ = "indicator_snapshots"
+    __table_args__ = (UniqueConstraint("symbol", "slot_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(16))
+    slot_at: Mapped[datetime]
+    bars: Mapped[int] = mapped_column(Integer)
+    rsi: Mapped[float | None] = mapped_column(Float)
+    macd: Mapped[float | None] = mapped_column(Float)
+    macd_signal: Mapped[float | None] = mapped_column(Float)
+    macd_hist: Mapped[float | None] = mapped_column(Float)
+    vwap: Mapped[float | None] = mapped_column(Float)
+    atr: Mapped[float | None] = mapped_column(Float)
+    recent_volume: Mapped[float | None] = mapped_column(Float)  # mean volume of the last few bars
+    computed_at: Mapped[datetime]
+    worker: Mapped[str | None] = mapped_column(String(128))
+
+
+class AdvisorUsage(Base):
+    """Advisor spend per (market) day: reservations keep concurrent workers under the budget."""
+
+    __tablename__ = "advisor_usage"
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
+
+
+class AdvisorCycle(Base):
+    """Consults granted in one monitor cycle (slot), across all workers."""
+
+    __tablename__ = "advisor_cycles"
+    slot_at: Mapped[datetime] = mapped_column(primary_key=True)
+    consults: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,196 @@
+"""One monitor check of one position: price, indicators, signals, decision flow, record.
+
+Decision flow (DESIGN.md §3): any STRONG signal exits now; otherwise any MODERATE signal asks
+the advisor (which falls back to the configured rule when it cannot answer); WEAK signals are
+recorded and the position is held. Every check writes a ``decisions`` row with all triggering
+signals and their numbers, and refreshes ``position_monitor_status``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from catalyst import leases
+from catalyst.db.engine import session_scope
+from catalyst.db.models import IndicatorSnapshot, Position, PositionMonitorStatus
+from catalyst.exits import ExitAssessment, HeldPosition, MarketFacts, assess_exit
+from catalyst.indicators import compute as compute_indicators
+from catalyst.positions import RECENT_VOLUME_BARS, UnknownPosition, recent_volume, request_exit
+from catalyst.records import bump, record_decision, wall_now
+from catalyst.runtime import Runtime
+
+log = structlog.get_logger("catalyst.monitor")
+INDICATOR_BARS = 200  # pandas-ta's RSI needs ~150 bars to settle (RSI_STABLE_BARS); MACD needs 34
+INDICATOR_WAIT_SECONDS = 3.0
+# pandas-ta seeds RSI's Wilder average with the first change alone, so a short history can read 80
+# where the settled value is 50: below this many bars RSI is "unknown" rather than trusted.
+RSI_TRUSTED_BARS = 60
+
+
+@dataclass(frozen=True)
+class MonitorOutcome:
+    position_id: int
+    action: str  # hold | exit | exit_dry_run | redrive | closed | skipped
+    reason: str | None = None
+    signals: tuple = field(default_factory=tuple)
+
+    @property
+    def needs_exit_task(self) -> bool:
+        return self.action in ("exit", "redrive")
+
+
+def held_view(p: Position) -> HeldPosition:
+    return HeldPosition(symbol=p.symbol, qty=p.qty, entry_price=p.entry_price, opened_at=p.opened_at,
+                        high_watermark=p.high_watermark, max_hold=timedelta(seconds=p.max_hold_seconds),
+                        stop_loss_price=p.stop_loss_price, take_profit_price=p.take_profit_price,
+                        entry_volume=p.entry_volume)
+
+
+def cycle_slot(rt: Runtime, now: datetime) -> datetime:
+    """The monitor cycle a check belongs to when no slot came with the task (manual checks)."""
+    interval = timedelta(seconds=rt.settings.monitor_check_interval)
+    return rt.calendar.latest_slot(now, interval) or now.replace(second=0, microsecond=0)
+
+
+# -- indicators, once per symbol per cycle ------------------------------------------------------------
+def shared_indicators(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None) -> IndicatorSnapshot:
+    """Indicators for ``symbol`` in cycle ``slot``: the first check computes and stores them, the rest read."""
+    found = _snapshot(symbol, slot)
+    if found is not None:
+        return found
+    holder = f"{worker}:{id(object())}"
+    name = f"indicators:{symbol}:{slot.isoformat()}"
+    if leases.acquire(name, holder, ttl=30) is None:
+        deadline = time.monotonic() + INDICATOR_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if (found := _snapshot(symbol, slot)) is not None:
+                return found
+        return _compute(rt, symbol, slot, now, worker)  # the other computer is stuck: don't block the check
+    try:
+        snapshot = _compute(rt, symbol, slot, now, worker)
+        try:
+            with session_scope() as s:
+                s.add(snapshot)
+        except IntegrityError:
+            return _snapshot(symbol, slot)
+        log.info("indicators_computed", symbol=symbol, slot=slot.isoformat(), rsi=snapshot.rsi,
+                 macd_hist=snapshot.macd_hist, bars=snapshot.bars)
+        return snapshot
+    finally:
+        leases.release(name, holder)
+
+
+def _snapshot(symbol: str, slot: datetime) -> IndicatorSnapshot | None:
+    with session_scope() as s:
+        return s.scalar(select(IndicatorSnapshot).where(IndicatorSnapshot.symbol == symbol,
+                                                        IndicatorSnapshot.slot_at == slot))
+
+
+def _compute(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None) -> IndicatorSnapshot:
+    bars = rt.market_data.bars(symbol, now, INDICATOR_BARS)
+    ind = compute_indicators(bars, str(rt.calendar.tz))
+    rsi = ind.rsi if ind.bars >= RSI_TRUSTED_BARS else None
+    return IndicatorSnapshot(symbol=symbol, slot_at=slot, bars=ind.bars, rsi=rsi, macd=ind.macd,
+                             macd_signal=ind.macd_signal, macd_hist=ind.macd_hist, vwap=ind.vwap, atr=ind.atr,
+                             recent_volume=recent_volume(bars[-RECENT_VOLUME_BARS:]), computed_at=wall_now(),
+                             worker=worker)
+
+
+def indicator_dict(snap: IndicatorSnapshot) -> dict:
+    return {"snapshot_id": snap.id, "bars": snap.bars, "rsi": snap.rsi, "macd": snap.macd,
+            "macd_signal": snap.macd_signal, "macd_hist": snap.macd_hist, "vwap": snap.vwap, "atr": snap.atr,
+            "recent_volume": snap.recent_volume}
+
+
+# -- the check -----------------------------------------------------------------------------------------
+def check_position(rt: Runtime, position_id: int, worker: str | None = None,
+                   slot: datetime | None = None) -> MonitorOutcome:
+    """One monitor check; an exit decision moves the position to ``closing`` (unless dry run)."""
+    now = rt.clock.now()
+    with session_scope() as s:
+        position = s.get(Position, position_id)
+        if position is None:
+            raise UnknownPosition(f"unknown position id {position_id}")
+        if position.status == "closed":
+            return MonitorOutcome(position_id, "closed", position.exit_reason)
+        if position.status == "closing":
+            return MonitorOutcome(position_id, "redrive", position.exit_reason)
+        view, entry_reason = held_view(position), position.entry_reason
+    slot = slot or cycle_slot(rt, now)
+    quote = rt.market_data.quote(view.symbol, now)
+    snap = shared_indicators(rt, view.symbol, slot, now, worker)
+    facts = MarketFacts(rsi=snap.rsi, macd_hist=snap.macd_hist, recent_volume=snap.recent_volume,
+                        minutes_to_close=rt.calendar.minutes_to_close(now))
+    assessment = assess_exit(view, quote, now, timedelta(seconds=rt.settings.max_quote_age), rt.profile, facts)
+    advice = None
+    if assessment.action == "consult":
+        advice = rt.advisor.advise(_advice_request(position_id, view, assessment, snap, slot, now, entry_reason, rt))
+    exits = assessment.exits or bool(advice and advice.exit)
+    dry_run = rt.settings.monitor_dry_run
+    signals = [sig.as_dict() for sig in assessment.signals]
+    flow = {"exit": "strong", "consult": "moderate_advisor"}.get(assessment.action,
+                                                               "weak" if assessment.signals else "none")
+    with session_scope() as s:
+        position = s.get(Position, position_id)
+        if assessment.price is not None:
+            position.high_watermark = assessment.high_watermark
+            position.last_price = assessment.price
+            position.updated_at = now
+        details = {"price": assessment.price, "pnl_pct": assessment.pnl_pct, "flow": flow,
+                   "quote_at": quote.timestamp.isoformat() if quote else None, "slot": slot.isoformat(),
+                   "indicators": indicator_dict(snap), "unknown": list(assessment.unknown),
+                   "minutes_to_close": facts.minutes_to_close}
+        if advice is not None:
+            details["advisor"] = advice.as_dict()
+            record_decision(s, kind="advisor", action="exit" if advice.exit else "hold", reason=advice.reason[:64],
+                            symbol=view.symbol, position_id=position_id, signals=signals, dry_run=dry_run,
+                            worker=worker, decided_at=now, details=advice.as_dict())
+        action = "exit" if exits else "hold"
+        record_decision(s, kind="monitor", action=action, reason=assessment.reason, symbol=view.symbol,
+                        position_id=position_id, signals=signals, dry_run=dry_run, worker=worker, decided_at=now,
+                        details=details)
+        _upsert_monitor_status(s, position, now, action, assessment, signals)
+        called = advice is not None and advice.fallback_cause not in ("no_key", "cycle_limit", "over_budget")
+        bump(s, worker, checks=1, positions_checked=1, advisor_calls=int(called))
+    log.info("position_checked", position_id=position_id, symbol=view.symbol, action=action, flow=flow,
+             reason=assessment.reason, price=assessment.price, pnl_pct=assessment.pnl_pct, dry_run=dry_run,
+             advisor=advice.source if advice else None)
+    if exits and dry_run:
+        return MonitorOutcome(position_id, "exit_dry_run", assessment.reason, assessment.signals)
+    if exits and request_exit(rt, position_id, assessment.reason, signals):
+        return MonitorOutcome(position_id, "exit", assessment.reason, assessment.signals)
+    return MonitorOutcome(position_id, "hold", assessment.reason, assessment.signals)
+
+
+def _advice_request(position_id, view: HeldPosition, a: ExitAssessment, snap, slot, now, entry_reason, rt):
+    from catalyst.advisor import AdviceRequest
+
+    return AdviceRequest(
+        position_id=position_id, symbol=view.symbol, qty=view.qty, entry_price=view.entry_price, price=a.price,
+        pnl_pct=round(a.pnl_pct, 4), high_watermark=a.high_watermark, opened_at=view.opened_at,
+        held_minutes=round((now - view.opened_at).total_seconds() / 60, 1), entry_reason=entry_reason,
+        signals=[sig.as_dict() for sig in a.signals],
+        indicators={k: v for k, v in indicator_dict(snap).items() if k != "snapshot_id"}, slot_at=slot,
+        market_day=now.astimezone(rt.calendar.tz).date().isoformat())
+
+
+def _upsert_monitor_status(s, position: Position, now: datetime, action: str, a: ExitAssessment,
+                           signals: list[dict]) -> None:
+    row = s.get(PositionMonitorStatus, position.id)
+    if row is None:
+        row = PositionMonitorStatus(position_id=position.id, symbol=position.symbol, checks=0)
+        s.add(row)
+    row.last_check_at, row.updated_at = now, wall_now()
+    row.price = a.price if a.price is not None else row.price
+    row.pnl_pct = a.pnl_pct if a.pnl_pct is not None else row.pnl_pct
+    row.high_watermark = position.high_watermark
+    row.active_signals = signals
+    row.last_decision = f"{action}:{a.reason}" if a.reason else action
+    row.checks = (row.checks or 0) + 1
