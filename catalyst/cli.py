@@ -10,7 +10,7 @@ import click
 from sqlalchemy import select
 
 from catalyst.db.engine import NotMigrated, ensure_migrated, session_scope, upgrade
-from catalyst.db.models import Position, ScheduleEntry, ServiceHealth, TradingState
+from catalyst.db.models import Position, PositionMonitorStatus, ScheduleEntry, ServiceHealth, TradingState
 from catalyst.domain import CatalystError
 from catalyst.reports import position_dict, table
 from catalyst.settings import get_settings
@@ -132,19 +132,40 @@ def _liveness(h: ServiceHealth, wall: datetime, settings) -> str:
 @click.option("--all", "show_all", is_flag=True, help="Include closed positions.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def positions(show_all: bool, as_json: bool) -> None:
-    """Open positions (and closed ones with --all)."""
+    """Open positions with why each is held (and closed ones with --all)."""
     _ready()
     with session_scope() as s:
         query = select(Position).order_by(Position.id)
         if not show_all:
             query = query.where(Position.status != "closed")
-        rows = [position_dict(p) for p in s.scalars(query).all()]
-    text = table(["id", "symbol", "qty", "status", "entry", "last", "stop", "target", "exit", "reason", "P&L"],
+        found = s.scalars(query).all()
+        status = {m.position_id: m for m in s.scalars(select(PositionMonitorStatus).where(
+            PositionMonitorStatus.position_id.in_([p.id for p in found])))}
+        rows = [{**position_dict(p), "monitor": _monitor_dict(status.get(p.id))} for p in found]
+
+    def why(r) -> str:
+        if r["status"] == "closed":
+            return r["exit_reason"] or "-"
+        m = r["monitor"]
+        if not m:
+            return "not checked yet"
+        sigs = ", ".join(f"{s['name']} {s['strength'].lower()}" for s in m["active_signals"]) or "no signals"
+        return f"{m['last_decision']} ({sigs})"
+
+    text = table(["id", "symbol", "qty", "status", "entry", "last", "stop", "target", "exit", "P&L", "why"],
                  [[r["id"], r["symbol"], r["qty"], r["status"], r["entry_price"], r["last_price"],
-                   r["stop_loss_price"], r["take_profit_price"], r["exit_price"], r["exit_reason"],
-                   r["realized_pnl"] if r["status"] == "closed" else r["unrealized_pnl"]] for r in rows],
-                 "rlrlrrrrrlr") if rows else "no positions"
+                   r["stop_loss_price"], r["take_profit_price"], r["exit_price"],
+                   r["realized_pnl"] if r["status"] == "closed" else r["unrealized_pnl"], why(r)] for r in rows],
+                 "rlrlrrrrrrl") if rows else "no positions"
     _emit(rows, as_json, text)
+
+
+def _monitor_dict(m: PositionMonitorStatus | None) -> dict | None:
+    if m is None:
+        return None
+    return {"last_check_at": m.last_check_at.isoformat(), "price": m.price, "pnl_pct": m.pnl_pct,
+            "high_watermark": m.high_watermark, "active_signals": m.active_signals,
+            "last_decision": m.last_decision, "checks": m.checks}
 
 
 @main.command("open")

@@ -15,6 +15,8 @@ from catalyst.positions import entry_client_order_id
 from catalyst.records import record_decision, wall_now
 from catalyst.runtime import Runtime, is_halted
 from catalyst.domain import BadInput
+from catalyst.indicators import compute as compute_indicators
+from catalyst.monitor import INDICATOR_BARS, RSI_TRUSTED_BARS
 from catalyst.scanner import Candidate, EntryRules, Snapshot, evaluate, rank
 
 log = structlog.get_logger("catalyst.cycles")
@@ -37,13 +39,16 @@ def snapshot(rt: Runtime, symbol: str, now: datetime) -> Snapshot | None:
     quote = rt.market_data.quote(symbol, now)
     if session is None or quote is None:
         return None
-    today = [b for b in rt.market_data.bars(symbol, now, 420) if b.timestamp >= session.open]
+    history = rt.market_data.bars(symbol, now, INDICATOR_BARS)
+    today = [b for b in history if b.timestamp >= session.open]
     if not today:
         return None
     volume = sum(b.volume for b in today[-RECENT_BARS:])
     typical = sum(b.volume for b in today) / len(today) * min(len(today), RECENT_BARS)
-    return Snapshot(symbol, quote.price, today[0].open, volume, typical, getattr(rt.market_data, "catalyst", None)
-                    and rt.market_data.catalyst(symbol))
+    indicators = compute_indicators(history, str(rt.calendar.tz))
+    rsi = indicators.rsi if indicators.bars >= RSI_TRUSTED_BARS else None
+    headline = rt.market_data.catalyst(symbol) if hasattr(rt.market_data, "catalyst") else None
+    return Snapshot(symbol, quote.price, today[0].open, volume, typical, headline, rsi)
 
 
 def scan(rt: Runtime, slot_at: datetime) -> int:
@@ -64,7 +69,7 @@ def scan(rt: Runtime, slot_at: datetime) -> int:
             for c in candidates:
                 s.add(ScanResult(cycle_id=cycle.id, security_id=_security_id(s, rt, c.symbol), symbol=c.symbol,
                                  rank=c.rank, score=c.score, price=c.price, change_pct=c.change_pct, volume=c.volume,
-                                 relative_volume=c.relative_volume, catalyst=c.catalyst, created_at=now))
+                                 relative_volume=c.relative_volume, rsi=c.rsi, catalyst=c.catalyst, created_at=now))
             cycle_id = cycle.id
     except IntegrityError:  # another worker scanned this slot concurrently
         with session_scope() as s:
@@ -88,7 +93,8 @@ def evaluate_cycle(rt: Runtime, cycle_id: int, worker: str | None = None) -> lis
     """Decide which candidates of a cycle to enter; re-evaluating a cycle repeats its first answer."""
     settings = rt.settings
     rules = EntryRules(max_positions=settings.max_positions, position_size_usd=settings.position_size_usd,
-                       stop_loss_pct=settings.stop_loss_pct, take_profit_pct=settings.take_profit_pct)
+                       stop_loss_pct=settings.stop_loss_pct, take_profit_pct=settings.take_profit_pct,
+                       max_entry_rsi=rt.profile.rsi_moderate)
     now = rt.clock.now()
     with session_scope() as s:
         cycle = s.get(TradingCycle, cycle_id)
@@ -101,7 +107,7 @@ def evaluate_cycle(rt: Runtime, cycle_id: int, worker: str | None = None) -> lis
         held = set(s.scalars(select(Position.symbol).where(Position.status != "closed")).all())
         open_count = s.scalar(select(func.count()).select_from(Position).where(Position.status != "closed"))
         candidates = [Candidate(r.symbol, r.rank, r.score, r.price, r.change_pct, r.volume, r.relative_volume,
-                                r.catalyst) for r in results]
+                                r.catalyst, r.rsi) for r in results]
         verdicts = evaluate(candidates, held, open_count, is_halted(settings), rules)
         planned = []
         for v in verdicts:

@@ -21,6 +21,7 @@ class Snapshot:
     volume: float  # volume traded this session so far
     typical_volume: float  # the same span's volume on a typical day (or the session average)
     catalyst: str | None = None
+    rsi: float | None = None
 
     @property
     def change_pct(self) -> float:
@@ -41,6 +42,7 @@ class Candidate:
     volume: float
     relative_volume: float
     catalyst: str | None
+    rsi: float | None = None
 
 
 def _finite_positive(*values: float) -> bool:
@@ -60,7 +62,7 @@ def rank(snapshots: list[Snapshot], top_n: int) -> list[Candidate]:
     ordered = sorted(usable, key=lambda s: (-score(s), s.symbol))[:top_n]
     return [
         Candidate(s.symbol, i + 1, round(score(s), 4), s.price, round(s.change_pct, 4), s.volume,
-                  round(s.relative_volume, 4), s.catalyst)
+                  round(s.relative_volume, 4), s.catalyst, s.rsi)
         for i, s in enumerate(ordered)
     ]
 
@@ -72,6 +74,7 @@ class EntryRules:
     position_size_usd: float = 1000.0
     stop_loss_pct: float = 0.05
     take_profit_pct: float = 0.15
+    max_entry_rsi: float = 75.0  # never buy what the monitor would call overbought on its first check
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ def evaluate(candidates: list[Candidate], held: set[str], open_count: int, halte
             verdicts.append(EntryVerdict(c.symbol, "skip", "already_held"))
         elif c.change_pct < rules.min_change_pct:
             verdicts.append(EntryVerdict(c.symbol, "skip", "momentum_too_weak"))
+        elif c.rsi is not None and c.rsi >= rules.max_entry_rsi:
+            verdicts.append(EntryVerdict(c.symbol, "skip", "overbought"))
         elif slots <= 0:
             verdicts.append(EntryVerdict(c.symbol, "skip", "position_limit"))
         elif (qty := size(c.price, rules.position_size_usd)) < 1:

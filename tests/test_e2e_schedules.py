@@ -16,12 +16,13 @@ pytestmark = pytest.mark.e2e
 NY = ZoneInfo("America/New_York")
 
 
-def run_beat(tmp_path, pg_url, redis_url, stack, start: datetime, speed: float, wall_seconds: float) -> list[dict]:
+def run_beat(tmp_path, pg_url, redis_url, stack, start: datetime, speed: float, wall_seconds: float,
+             market: str = "US") -> list[dict]:
     """Run one beat from ``start`` for ``wall_seconds`` with one open position; return what it enqueued."""
     csv = write_replay_csv(tmp_path / "FLAT.csv", "FLAT", start.replace(hour=9, minute=30), [50.0] * 10)
     env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
            "CATALYST_MARKET_DATA": f"replay:{csv}", "CATALYST_CLOCK": f"sim:{start.isoformat()}@{speed:g}",
-           "MONITOR_CHECK_INTERVAL": "60", "CATALYST_SCAN_INTERVAL": "900"}
+           "MONITOR_CHECK_INTERVAL": "60", "CATALYST_SCAN_INTERVAL": "900", "CATALYST_MARKET": market}
     with environment(env):
         cli("db", "upgrade")
         seed_position("FLAT", 50.0, start - timedelta(days=1))
@@ -59,3 +60,12 @@ def test_first_slot_after_the_spring_dst_change_is_0930_new_york(tmp_path, pg_ur
     sent = slots(run_beat(tmp_path, pg_url, redis_url, stack, start, 120, 8))
     assert sent, "slots after the open were expected"
     assert sent[0] == datetime(2026, 3, 9, 13, 30, tzinfo=timezone.utc)
+
+
+def test_no_checks_during_the_hong_kong_lunch_break(tmp_path, pg_url, redis_url, stack):
+    hkt = ZoneInfo("Asia/Hong_Kong")
+    start = datetime(2025, 3, 4, 11, 50, tzinfo=hkt)
+    sent = slots(run_beat(tmp_path, pg_url, redis_url, stack, start, 900, 8, market="HK"))  # ~2 simulated hours
+    local = [s.astimezone(hkt) for s in sent]
+    assert any(t.hour < 12 for t in local) and any(t.hour >= 13 for t in local), local
+    assert not [t for t in local if 12 <= t.hour < 13], "monitor slots were sent during the lunch break"

@@ -179,3 +179,22 @@ def test_position_monitor_status_shows_why_each_position_is_held(market):
         assert row.last_decision == "hold:stop_loss"
         assert row.active_signals[0]["name"] == "stop_loss" and row.active_signals[0]["strength"] == "WEAK"
         assert abs(row.last_check_at - (SESSION_OPEN + timedelta(minutes=CHECK_AT))) < timedelta(seconds=60)
+
+
+def test_positions_listing_says_why_each_open_position_is_held(market):
+    import json
+
+    from click.testing import CliRunner
+
+    from catalyst.cli import main
+
+    (pid,) = opened(market, 97.5)
+    with market(97.5, CHECK_AT):
+        check_position(get_runtime(), pid)
+        listing = CliRunner().invoke(main, ["positions", "--json"])
+        text = CliRunner().invoke(main, ["positions"])
+    assert listing.exit_code == 0, listing.output
+    (row,) = json.loads(listing.output)
+    assert row["monitor"]["last_decision"] == "hold:stop_loss"
+    assert row["monitor"]["active_signals"][0]["strength"] == "WEAK"
+    assert "hold:stop_loss (stop_loss weak)" in text.output

@@ -259,3 +259,11 @@ def test_entries_never_exceed_the_free_slots(n, open_count, max_positions, held,
     assert not (halted and entered)
     assert all(v.symbol not in {f"S{i:02d}" for i in held} for v in entered)
     assert all(math.isfinite(v.stop_loss_price) and v.qty >= 1 for v in entered)
+
+
+def test_an_overbought_candidate_is_not_bought_only_to_be_sold_on_the_first_check():
+    hot = Candidate("HOT", 1, 9.0, 50.0, 5.0, 1000, 2.0, None, rsi=80.0)
+    cool = Candidate("COOL", 2, 4.0, 50.0, 2.0, 1000, 1.0, None, rsi=60.0)
+    unknown = Candidate("NEW", 3, 3.0, 50.0, 1.5, 1000, 1.0, None, rsi=None)
+    verdicts = {v.symbol: (v.action, v.reason) for v in evaluate([hot, cool, unknown], set(), 0, False, EntryRules())}
+    assert verdicts == {"HOT": ("skip", "overbought"), "COOL": ("enter", "momentum"), "NEW": ("enter", "momentum")}

@@ -64,6 +64,7 @@ class ScanResult(Base):
     change_pct: Mapped[float] = mapped_column(Float)
     volume: Mapped[float] = mapped_column(Float)
     relative_volume: Mapped[float] = mapped_column(Float)
+    rsi: Mapped[float | None] = mapped_column(Float)
     catalyst: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
 
