@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from catalyst.domain import Quote, Strength
 from catalyst.exits import (
@@ -160,3 +162,59 @@ def test_thresholds_can_be_overridden_from_config():
     signals, _ = indicator_signals(position(), MarketFacts(rsi=90.0), profile)
     assert fired(signals, "rsi_overbought") == Strength.MODERATE
     assert fired(pnl_signals(-6.0, profile), "stop_loss") == Strength.MODERATE
+
+
+# -- properties over the whole table -------------------------------------------------------------
+
+maybe = lambda s: st.none() | s  # noqa: E731
+facts_strategy = st.builds(
+    MarketFacts,
+    rsi=maybe(st.floats(0, 100)),
+    macd_hist=maybe(st.floats(-5, 5)),
+    recent_volume=maybe(st.floats(0, 1e6)),
+    minutes_to_close=maybe(st.floats(0, 400)),
+)
+prices = st.floats(0.01, 1e4, allow_nan=False, allow_infinity=False)
+bad_prices = st.sampled_from([float("nan"), float("inf"), -float("inf"), 0.0, -1.0])
+positions_strategy = st.builds(
+    lambda entry, high_mult, vol, stop, target, hours: HeldPosition(
+        "TEST", 10, entry, NOW - timedelta(hours=hours), entry * high_mult, timedelta(hours=24),
+        stop and entry * stop, target and entry * target, vol),
+    prices, st.floats(1.0, 3.0), maybe(st.floats(1, 1e6)), maybe(st.floats(0.5, 0.99)), maybe(st.floats(1.01, 2.0)),
+    st.floats(0, 48))
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(pos=positions_strategy, price=bad_prices, facts=facts_strategy, profile=st.sampled_from([US, HK]),
+       age=st.floats(0, 600))
+def test_no_exit_is_ever_decided_from_a_bad_price(pos, price, facts, profile, age):
+    a = assess_exit(pos, Quote("TEST", price, NOW - timedelta(seconds=age), 100), NOW, timedelta(minutes=5),
+                    profile, facts)
+    assert (a.action, a.signals) == ("hold", ())
+    assert a.reason in ("bad_price", "stale_quote")
+
+
+@FAST
+@given(pos=positions_strategy, price=prices, facts=facts_strategy, profile=st.sampled_from([US, HK]),
+       age=st.floats(301, 10_000))
+def test_no_exit_is_ever_decided_from_a_stale_or_missing_price(pos, price, facts, profile, age):
+    stale = assess_exit(pos, Quote("TEST", price, NOW - timedelta(seconds=age), 100), NOW, timedelta(minutes=5),
+                        profile, facts)
+    missing = assess_exit(pos, None, NOW, timedelta(minutes=5), profile, facts)
+    assert (stale.action, stale.reason, stale.signals) == ("hold", "stale_quote", ())
+    assert (missing.action, missing.reason, missing.signals) == ("hold", "no_price", ())
+
+
+@FAST
+@given(pos=positions_strategy, price=prices, facts=facts_strategy, profile=st.sampled_from([US, HK]))
+def test_the_flow_follows_the_strongest_signal_and_is_deterministic(pos, price, facts, profile):
+    q = Quote("TEST", price, NOW - timedelta(seconds=5), 100)
+    a = assess_exit(pos, q, NOW, timedelta(minutes=5), profile, facts)
+    assert a == assess_exit(pos, q, NOW, timedelta(minutes=5), profile, facts)
+    strongest = max((s.strength for s in a.signals), default=None)
+    expected = {Strength.STRONG: "exit", Strength.MODERATE: "consult"}.get(strongest, "hold")
+    assert a.action == expected  # a STRONG signal always exits; MODERATE always consults
+    if a.signals:
+        assert a.reason == a.signals[0].name and a.signals[0].strength == strongest
+    assert a.high_watermark >= pos.high_watermark
