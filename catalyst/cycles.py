@@ -58,7 +58,11 @@ def scan(rt: Runtime, slot_at: datetime) -> int:
         if existing is not None:
             return existing
     now = rt.clock.now()
-    snapshots = [snap for sym in rt.market_data.symbols() if (snap := snapshot(rt, sym, now)) is not None]
+    md = rt.market_data
+    universe = md.scan_universe() if hasattr(md, "scan_universe") else md.symbols()
+    if hasattr(md, "prefetch"):
+        md.prefetch(universe, now)  # one batched snapshot call per 100 symbols, not one per symbol
+    snapshots = [snap for sym in universe if (snap := snapshot(rt, sym, now)) is not None]
     candidates = rank(snapshots, rt.settings.scan_top_n)
     try:
         with session_scope() as s:

@@ -16,14 +16,14 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
-from catalyst import hooks
+from catalyst import hooks, orders
 from catalyst.brokers.base import BrokerOrderReport, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position, Security
 from catalyst.domain import BadInput, require_price
 from catalyst.exits import quote_problem, realized_pnl
+from catalyst.orders import ensure_order
 from catalyst.records import bump, record_activity, record_decision, wall_now
 from catalyst.runtime import Runtime
 
@@ -58,7 +58,8 @@ def validate_entry(rt: Runtime, symbol: str, qty: float, stop: float | None, tar
         raise BadInput(f"qty {qty!r} is not a number") from None
     if not math.isfinite(qty) or qty <= 0:
         raise BadInput(f"qty must be above zero, got {qty:g}")
-    if symbol not in rt.market_data.symbols():
+    knows = getattr(rt.market_data, "knows", None)
+    if not (knows(symbol) if knows else symbol in rt.market_data.symbols()):
         raise BadInput(f"unknown symbol {symbol!r}: market data {rt.market_data.name} does not list it")
     now = rt.clock.now()
     quote = rt.market_data.quote(symbol, now)
@@ -85,18 +86,23 @@ def _price_or_none(value, name: str) -> float | None:
 def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str, stop: float | None = None,
                   target: float | None = None, cycle_id: int | None = None, reason: str = "manual",
                   worker: str | None = None) -> Position:
-    """Buy ``qty`` of ``symbol`` and record the position; rerunning with the same order id adopts it."""
+    """Buy ``qty`` of ``symbol`` and record the position; rerunning with the same order id adopts it.
+
+    With a broker that supports legs the entry is a bracket: stop and target live at the broker.
+    """
     with session_scope() as s:
         order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
         if order is not None and order.position_id is not None:
             return s.get(Position, order.position_id)
     symbol, qty, quote, stop, target = validate_entry(rt, symbol, qty, stop, target)
+    stop = stop if stop is not None else round(quote.price * (1 - rt.settings.stop_loss_pct), 2)
+    target = target if target is not None else round(quote.price * (1 + rt.settings.take_profit_pct), 2)
     now = rt.clock.now()
-    _ensure_order(client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty, cycle_id=cycle_id, now=now)
-    report = rt.broker.submit_order(OrderRequest(client_order_id, symbol, "buy", qty))
+    ensure_order(client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty, cycle_id=cycle_id, now=now)
+    legs = {"stop_loss_price": stop, "take_profit_price": target} if rt.broker.supports_legs else {}
+    report = orders.submit(rt, OrderRequest(client_order_id, symbol, "buy", qty, **legs))
     with session_scope() as s:
         order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
-        _apply_report(order, report, rt.clock.now())
         if order.position_id is not None:
             return s.get(Position, order.position_id)
         if not report.is_filled:
@@ -104,13 +110,16 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
                             cycle_id=cycle_id, decided_at=now, worker=worker, details={"broker_reason": report.reason})
             raise BadInput(f"entry order for {symbol} was {report.status}: {report.reason}")
         position = _new_position(s, rt, order, report, quote, stop, target, cycle_id, reason)
+        for leg in report.legs:
+            orders.record_leg(s, leg, position.id, cycle_id, now)
         record_decision(s, kind="entry", action="enter", reason=reason, symbol=symbol, position_id=position.id,
                         cycle_id=cycle_id, decided_at=now, worker=worker,
-                        details={"qty": qty, "price": report.filled_avg_price})
+                        details={"qty": qty, "price": report.filled_avg_price, "legs": len(report.legs)})
         record_activity(s, "position_opened", now, position_id=position.id, symbol=symbol, qty=qty,
                         entry_price=position.entry_price, stop=position.stop_loss_price, target=position.take_profit_price)
     log.info("position_opened", position_id=position.id, symbol=symbol, qty=qty, entry_price=position.entry_price,
-             stop=position.stop_loss_price, target=position.take_profit_price, client_order_id=client_order_id)
+             stop=position.stop_loss_price, target=position.take_profit_price, client_order_id=client_order_id,
+             legs=len(report.legs))
     return position
 
 
@@ -126,9 +135,7 @@ def _new_position(s, rt: Runtime, order: Order, report: BrokerOrderReport, quote
     position = Position(
         security_id=security.id, symbol=order.symbol, qty=report.filled_qty, status="open", entry_price=price,
         entry_volume=recent_volume(rt.market_data.bars(order.symbol, now, RECENT_VOLUME_BARS)) or quote.volume,
-        high_watermark=price,
-        stop_loss_price=stop if stop is not None else round(price * (1 - settings.stop_loss_pct), 2),
-        take_profit_price=target if target is not None else round(price * (1 + settings.take_profit_pct), 2),
+        high_watermark=price, stop_loss_price=stop, take_profit_price=target,
         max_hold_seconds=settings.max_hold_hours * 3600.0, entry_reason=reason, cycle_id=cycle_id,
         opened_at=report.filled_at or now, last_price=price, updated_at=now,
     )
@@ -136,30 +143,6 @@ def _new_position(s, rt: Runtime, order: Order, report: BrokerOrderReport, quote
     s.flush()
     order.position_id = position.id
     return position
-
-
-def _ensure_order(client_order_id: str, *, symbol: str, side: str, purpose: str, qty: float, now: datetime,
-                  position_id: int | None = None, cycle_id: int | None = None) -> None:
-    """Write the intent before calling the broker; an existing row (a retry) is kept as it is."""
-    try:
-        with session_scope() as s:
-            if s.scalar(select(Order.id).where(Order.client_order_id == client_order_id)) is None:
-                s.add(Order(client_order_id=client_order_id, symbol=symbol, side=side, purpose=purpose, qty=qty,
-                            position_id=position_id, cycle_id=cycle_id, status="pending_submit", created_at=now,
-                            updated_at=now))
-    except IntegrityError:
-        pass  # a concurrent retry wrote it first
-
-
-def _apply_report(order: Order, report: BrokerOrderReport, now: datetime) -> None:
-    order.broker_order_id = report.broker_order_id
-    order.status = report.status
-    order.filled_qty = report.filled_qty
-    order.filled_avg_price = report.filled_avg_price
-    order.filled_at = report.filled_at
-    order.submitted_at = order.submitted_at or now
-    order.error = None if report.is_filled else report.reason
-    order.updated_at = now
 
 
 # -- exit --------------------------------------------------------------------------------------
@@ -179,7 +162,11 @@ def request_exit(rt: Runtime, position_id: int, reason: str, signals: list[dict]
 
 
 def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Position:
-    """Sell a ``closing`` position exactly once and close it; safe to rerun at any point."""
+    """Sell a ``closing`` position exactly once and close it; safe to rerun at any point.
+
+    Bracket legs reserve the shares, so they are cancelled first; a leg that already filled
+    *is* the exit (the broker sold for us), and no second sell is sent.
+    """
     with session_scope() as s:
         position = s.get(Position, position_id)
         if position is None:
@@ -189,36 +176,81 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
         status, symbol, qty = position.status, position.symbol, position.qty
     if status == "open":
         request_exit(rt, position_id, "manual")
+    filled_leg = _clear_legs(rt, position_id)
+    if filled_leg is not None:
+        reason = "stop_loss" if filled_leg.leg_purpose == "stop" else "take_profit"
+        return _close(rt, position_id, filled_leg, worker, reason=reason)
     client_order_id = exit_client_order_id(position_id)
-    now = rt.clock.now()
-    _ensure_order(client_order_id, symbol=symbol, side="sell", purpose="exit", qty=qty, now=now,
-                  position_id=position_id)
+    ensure_order(client_order_id, symbol=symbol, side="sell", purpose="exit", qty=qty, now=rt.clock.now(),
+                 position_id=position_id)
     log.info("exit_submitted", position_id=position_id, symbol=symbol, qty=qty, client_order_id=client_order_id)
-    report = rt.broker.submit_order(OrderRequest(client_order_id, symbol, "sell", qty))
+    report = orders.submit(rt, OrderRequest(client_order_id, symbol, "sell", qty))
     hooks.pause("exit_after_submit")
+    if not report.is_filled:
+        log.warning("exit_not_filled", position_id=position_id, status=report.status, reason=report.reason)
+        with session_scope() as s:
+            return s.get(Position, position_id)
+    return _close(rt, position_id, report, worker)
+
+
+def _clear_legs(rt: Runtime, position_id: int) -> BrokerOrderReport | None:
+    """Cancel the position's working legs; return a leg's report if one has already filled."""
     with session_scope() as s:
-        order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
-        _apply_report(order, report, rt.clock.now())
+        legs = s.scalars(select(Order).where(Order.position_id == position_id, Order.purpose.in_(("stop", "take_profit")),
+                                             Order.broker_order_id.is_not(None))).all()
+        working = [(leg.broker_order_id, leg.status) for leg in legs]
+    if not working:
+        return None
+    broker, now = rt.broker, rt.clock.now()
+    current = [broker.get_order_by_id(oid) or None for oid, _ in working]
+    for report in filter(None, current):
+        _record_leg_state(report, now)
+        if report.is_filled:
+            return report
+    for report in filter(None, current):
+        if report.is_final:
+            continue
+        after = orders.follow(broker, broker.cancel_order(report.broker_order_id) or report, orders.FILL_WAIT_SECONDS)
+        _record_leg_state(after, now)
+        if after.is_filled:
+            return after
+        if not after.is_final:
+            raise orders.OrderPending(f"leg {after.broker_order_id} of position {position_id} is still {after.status}")
+    log.info("legs_cancelled", position_id=position_id, legs=len(working))
+    return None
+
+
+def _record_leg_state(report: BrokerOrderReport, now: datetime) -> None:
+    with session_scope() as s:
+        row = s.scalar(select(Order).where(Order.broker_order_id == report.broker_order_id))
+        if row is not None:
+            orders.apply_report(row, report, now)
+
+
+def _close(rt: Runtime, position_id: int, report: BrokerOrderReport, worker: str | None,
+           reason: str | None = None) -> Position:
+    """Record the fill that took the position flat: ``closing → closed``, once."""
+    with session_scope() as s:
         position = s.get(Position, position_id)
-        if not report.is_filled:
-            log.warning("exit_not_filled", position_id=position_id, status=report.status, reason=report.reason)
-            return position
         closed_at = report.filled_at or rt.clock.now()
         pnl, pnl_pct = realized_pnl(position.entry_price, report.filled_avg_price, position.qty)
-        won = s.execute(
-            update(Position).where(Position.id == position_id, Position.status == "closing").values(
-                status="closed", closed_at=closed_at, exit_price=report.filled_avg_price, realized_pnl=pnl,
-                realized_pnl_pct=pnl_pct, last_price=report.filled_avg_price, updated_at=closed_at)
-        ).rowcount == 1
+        values = dict(status="closed", closed_at=closed_at, exit_price=report.filled_avg_price, realized_pnl=pnl,
+                      realized_pnl_pct=pnl_pct, last_price=report.filled_avg_price, updated_at=closed_at)
+        if reason:
+            values["exit_reason"] = reason
+        won = s.execute(update(Position).where(Position.id == position_id, Position.status == "closing")
+                        .values(**values)).rowcount == 1
         if won:
-            record_decision(s, kind="exit", action="exit", reason=position.exit_reason, symbol=symbol,
+            s.refresh(position)
+            record_decision(s, kind="exit", action="exit", reason=position.exit_reason, symbol=position.symbol,
                             position_id=position_id, decided_at=closed_at, worker=worker,
-                            details={"exit_price": report.filled_avg_price, "realized_pnl": pnl, "pnl_pct": pnl_pct})
-            record_activity(s, "position_closed", closed_at, position_id=position_id, symbol=symbol,
+                            details={"exit_price": report.filled_avg_price, "realized_pnl": pnl, "pnl_pct": pnl_pct,
+                                     "client_order_id": report.client_order_id})
+            record_activity(s, "position_closed", closed_at, position_id=position_id, symbol=position.symbol,
                             reason=position.exit_reason, exit_price=report.filled_avg_price, realized_pnl=pnl)
             bump(s, worker, exits_executed=1)
     if won:
-        log.info("position_closed", position_id=position_id, symbol=symbol, reason=position.exit_reason,
+        log.info("position_closed", position_id=position_id, symbol=position.symbol, reason=position.exit_reason,
                  exit_price=report.filled_avg_price, realized_pnl=round(pnl, 2), pnl_pct=round(pnl_pct, 3))
     with session_scope() as s:
         return s.get(Position, position_id)

@@ -46,7 +46,8 @@ class Runtime:
         return self._advisor
 
 
-def build_market_data(spec: str) -> MarketData:
+def build_market_data(settings: Settings) -> MarketData:
+    spec = settings.market_data
     if spec == "synthetic":
         from catalyst.marketdata.synthetic import SyntheticMarketData
 
@@ -59,8 +60,29 @@ def build_market_data(spec: str) -> MarketData:
             raise BadInput("CATALYST_MARKET_DATA=replay: needs a CSV path, e.g. replay:data/SPY.csv")
         return ReplayMarketData(paths[0] if len(paths) == 1 else paths)
     if spec == "alpaca":
-        raise BadInput("CATALYST_MARKET_DATA=alpaca is not available yet; use synthetic or replay:<csv>")
+        from catalyst.marketdata.alpaca import AlpacaMarketData, LocalCycleCache, RedisCycleCache
+        from catalyst.ratelimit import bucket_from_settings
+
+        _require_alpaca_keys(settings)
+        cache = RedisCycleCache(settings.redis_url) if settings.redis_url else LocalCycleCache()
+        return AlpacaMarketData(api_key=settings.alpaca_api_key, secret_key=settings.alpaca_secret_key,
+                                data_url=settings.alpaca_data_url, feed=settings.alpaca_feed,
+                                timeout=settings.alpaca_timeout, bucket=bucket_from_settings(settings), cache=cache,
+                                cycle_seconds=settings.monitor_check_interval, watchlist=_watched_symbols)
     raise BadInput(f"CATALYST_MARKET_DATA={spec!r} is not one of synthetic, replay:<csv path>, alpaca")
+
+
+def _watched_symbols() -> list[str]:
+    """Symbols of every position still open or closing: the batch each monitor cycle prices."""
+    from catalyst.db.models import Position
+
+    with session_scope() as s:
+        return list(s.scalars(select(Position.symbol).where(Position.status != "closed").distinct()))
+
+
+def _require_alpaca_keys(settings: Settings) -> None:
+    if not settings.alpaca_api_key or not settings.alpaca_secret_key:
+        raise BadInput("Alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY")
 
 
 def build_broker(settings: Settings, market_data: MarketData, clock: Clock):
@@ -68,7 +90,13 @@ def build_broker(settings: Settings, market_data: MarketData, clock: Clock):
         from catalyst.brokers.paper import PaperBroker
 
         return PaperBroker(market_data, clock, settings.paper_starting_cash, settings.sqlalchemy_url)
-    raise BadInput("CATALYST_BROKER=alpaca is not available yet; use paper")
+    from catalyst.brokers.alpaca import AlpacaBroker
+    from catalyst.ratelimit import bucket_from_settings
+
+    _require_alpaca_keys(settings)
+    return AlpacaBroker(api_key=settings.alpaca_api_key, secret_key=settings.alpaca_secret_key,
+                        base_url=settings.alpaca_base_url, live_trading=settings.live_trading,
+                        timeout=settings.alpaca_timeout, bucket=bucket_from_settings(settings))
 
 
 def build_clock(settings: Settings) -> Clock:
@@ -116,7 +144,7 @@ def is_halted(settings: Settings) -> bool:
 
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     clock = clock or build_clock(settings)
-    market_data = build_market_data(settings.market_data)
+    market_data = build_market_data(settings)
     calendar = SessionCalendar.for_market(settings.market, tuple(settings.closed_dates))
     profile = profile_for(settings.market, settings.signals)
     return Runtime(settings, clock, calendar, market_data, build_broker(settings, market_data, clock), profile)

@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     alpaca_secret_key: str | None = Field(default=None, validation_alias="ALPACA_SECRET_KEY", repr=False)
     alpaca_base_url: str = Field(default=PAPER_ALPACA_URL, validation_alias="ALPACA_BASE_URL")
     alpaca_data_url: str | None = Field(default=None, validation_alias="ALPACA_DATA_URL")
-    alpaca_feed: str = Field(default="iex", validation_alias="ALPACA_FEED")
+    alpaca_feed: Literal["iex", "sip", "delayed_sip", "otc"] = Field(default="iex", validation_alias="ALPACA_FEED")
+    alpaca_timeout: float = Field(default=10.0, gt=0, le=60, validation_alias="ALPACA_TIMEOUT")
+    alpaca_rate_limit: int = Field(default=200, gt=0, validation_alias="ALPACA_RATE_LIMIT_PER_MIN")
 
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)
     anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")

@@ -6,7 +6,9 @@ import structlog
 
 from catalyst import leases
 from catalyst.celery import app
+from catalyst.brokers.base import BrokerError
 from catalyst.monitor import check_position
+from catalyst.orders import OrderPending
 from catalyst.positions import execute_exit
 from tasks.trading import parse_slot
 from catalyst.runtime import get_runtime
@@ -38,8 +40,8 @@ def monitor_position(self, position_id: int, slot: str | None = None) -> str:
 
 
 @app.task(name="catalyst.exit_position", base=CatalystTask, bind=True, acks_late=True,
-          reject_on_worker_lost=True, autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True,
-          max_retries=5)
+          reject_on_worker_lost=True, autoretry_for=(OrderPending, BrokerError, ConnectionError, TimeoutError),
+          retry_backoff=2, retry_backoff_max=30, max_retries=10)
 def exit_position(self, position_id: int) -> str:
     """Sell and close a position exactly once, however often this runs."""
     position = execute_exit(get_runtime(), positive_int(position_id, "position_id"), worker=self.request.hostname)

@@ -7,6 +7,7 @@ from datetime import datetime
 from catalyst.celery import app
 from catalyst.cycles import evaluate_cycle, scan
 from catalyst.domain import BadInput
+from catalyst.orders import OrderPending
 from catalyst.positions import open_position
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask, positive_int
@@ -42,7 +43,8 @@ def evaluate_candidates(self, cycle_id: int) -> list[str]:
     return [p.symbol for p in planned]
 
 
-@app.task(name="catalyst.enter_position", base=CatalystTask, bind=True)
+@app.task(name="catalyst.enter_position", base=CatalystTask, bind=True, autoretry_for=(OrderPending,),
+          retry_backoff=2, retry_backoff_max=30, max_retries=10)
 def enter_position(self, symbol: str, qty: float, stop: float | None = None, target: float | None = None,
                    cycle_id: int | None = None, client_order_id: str | None = None, reason: str = "manual") -> int:
     """Buy and open a position; the client order id (from the message) makes redelivery harmless."""

@@ -8,11 +8,19 @@ from typing import Protocol
 
 from catalyst.domain import CatalystError
 
-FINAL_ORDER_STATUSES = frozenset({"filled", "canceled", "rejected", "expired"})
+FINAL_ORDER_STATUSES = frozenset({"filled", "canceled", "rejected", "expired", "replaced", "done_for_day"})
 
 
 class BrokerError(CatalystError):
     """The broker refused or failed a request; the message says which and why."""
+
+
+class OrderOutcomeUnknown(BrokerError):
+    """The request may or may not have reached the broker (timeout, connection reset).
+
+    Never treat this as a failure: record the order as ``unknown`` and resolve it by asking
+    the broker for the client order id.
+    """
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,15 @@ class BrokerOrderReport:
     filled_avg_price: float | None = None
     filled_at: datetime | None = None
     reason: str | None = None
+    order_type: str = "market"
+    stop_price: float | None = None
+    limit_price: float | None = None
+    legs: tuple["BrokerOrderReport", ...] = ()
+
+    @property
+    def leg_purpose(self) -> str:
+        """For bracket legs: the stop leg protects, the limit leg takes profit."""
+        return "stop" if self.order_type in ("stop", "stop_limit", "trailing_stop") else "take_profit"
 
     @property
     def is_filled(self) -> bool:
@@ -64,6 +81,7 @@ class BrokerPositionReport:
 
 class Broker(Protocol):
     name: str
+    supports_legs: bool  # True when entries carry broker-side stop and take-profit legs
 
     def submit_order(self, request: OrderRequest) -> BrokerOrderReport:
         """Submit once: a repeated ``client_order_id`` returns the existing order, never a second one."""
@@ -73,3 +91,12 @@ class Broker(Protocol):
 
     def get_position(self, symbol: str) -> BrokerPositionReport | None:
         """What the broker holds in ``symbol``."""
+
+    def get_order_by_id(self, broker_order_id: str) -> BrokerOrderReport | None:
+        """One order by the broker's id (bracket legs are looked up this way)."""
+
+    def cancel_order(self, broker_order_id: str) -> BrokerOrderReport | None:
+        """Cancel if still open; returns the order's state afterwards (it may have filled first)."""
+
+    def replace_stop(self, broker_order_id: str, stop_price: float) -> BrokerOrderReport:
+        """Move a stop leg (Alpaca has no trailing bracket leg: the monitor ratchets the stop)."""

@@ -21,7 +21,10 @@ from catalyst.marketdata.base import MarketData
 
 
 class PaperBroker:
+    """Market orders only; stops and targets are enforced by the monitor, not by broker legs."""
+
     name = "paper"
+    supports_legs = False
 
     def __init__(self, market_data: MarketData, clock: Clock, starting_cash: float, db_url: str | None = None):
         self.market_data = market_data
@@ -46,6 +49,17 @@ class PaperBroker:
         with session_scope(self.db_url) as s:
             order = s.scalar(select(PaperOrder).where(PaperOrder.client_order_id == client_order_id))
             return _report(order) if order else None
+
+    def get_order_by_id(self, broker_order_id: str) -> BrokerOrderReport | None:
+        with session_scope(self.db_url) as s:
+            order = s.get(PaperOrder, broker_order_id)
+            return _report(order) if order else None
+
+    def cancel_order(self, broker_order_id: str) -> BrokerOrderReport | None:
+        return self.get_order_by_id(broker_order_id)  # paper market orders fill at once: nothing to cancel
+
+    def replace_stop(self, broker_order_id: str, stop_price: float) -> BrokerOrderReport:
+        raise NotImplementedError("the paper broker has no stop legs")
 
     def get_position(self, symbol: str) -> BrokerPositionReport | None:
         with session_scope(self.db_url) as s:

@@ -1,0 +1,206 @@
+"""Alpaca market data through alpaca-py: batched snapshots shared per monitor cycle, bars, screener, news.
+
+Broker calls per cycle do not grow with the number of positions: the first quote asked for in a
+cycle fetches snapshots for every watched symbol (≤ 100 symbols per call) and stores them in the
+cycle cache (Redis when configured); every other ``monitor_position`` task of that cycle reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from catalyst.domain import Bar, Quote, require_aware
+
+log = structlog.get_logger("catalyst.alpaca_data")
+BATCH = 100
+WAIT_FOR_PEER_SECONDS = 5.0
+
+
+class LocalCycleCache:
+    """Per-process cache for the embedded default (one worker process)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, dict] = {}
+        self._locks: set[str] = set()
+        self._mutex = threading.Lock()
+
+    def get(self, cycle: str, symbol: str):
+        with self._mutex:
+            return self._data.get(cycle, {}).get(symbol, _MISSING)
+
+    def put_many(self, cycle: str, values: dict, ttl: float) -> None:
+        with self._mutex:
+            self._data = {k: v for k, v in self._data.items() if k >= cycle}  # old cycles go
+            self._locks = {k for k in self._locks if k >= cycle}
+            self._data.setdefault(cycle, {}).update(values)
+
+    def try_lock(self, name: str, ttl: float) -> bool:
+        with self._mutex:
+            if name in self._locks:
+                return False
+            self._locks.add(name)
+            return True
+
+
+class RedisCycleCache:
+    """Shared by every worker: one hash per cycle with a TTL, and a SET NX fetch lock."""
+
+    def __init__(self, redis_url: str, prefix: str = "catalyst:snapshots") -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url)
+        self.prefix = prefix
+
+    def get(self, cycle: str, symbol: str):
+        raw = self.client.hget(f"{self.prefix}:{cycle}", symbol)
+        return _MISSING if raw is None else json.loads(raw)
+
+    def put_many(self, cycle: str, values: dict, ttl: float) -> None:
+        key = f"{self.prefix}:{cycle}"
+        if values:
+            pipe = self.client.pipeline()
+            pipe.hset(key, mapping={k: json.dumps(v) for k, v in values.items()})
+            pipe.expire(key, max(int(ttl), 1))
+            pipe.execute()
+
+    def try_lock(self, name: str, ttl: float) -> bool:
+        return bool(self.client.set(f"{self.prefix}:lock:{name}", "1", nx=True, ex=max(int(ttl), 1)))
+
+
+_MISSING = object()
+
+
+class AlpacaMarketData:
+    name = "alpaca"
+
+    def __init__(self, *, api_key: str, secret_key: str, data_url: str | None, feed: str, timeout: float, bucket,
+                 cache, cycle_seconds: float, watchlist) -> None:
+        from alpaca.data.historical import StockHistoricalDataClient
+        from alpaca.data.historical.news import NewsClient
+        from alpaca.data.historical.screener import ScreenerClient
+
+        from catalyst.alpaca_http import guard_client
+
+        self.feed = feed
+        self.cache = cache
+        self.cycle_seconds = cycle_seconds
+        self.watchlist = watchlist  # () -> symbols of open positions
+        self.client = StockHistoricalDataClient(api_key, secret_key, url_override=data_url)
+        self.screener = ScreenerClient(api_key, secret_key, url_override=data_url)
+        self.news = NewsClient(api_key, secret_key, url_override=data_url)
+        for c in (self.client, self.screener, self.news):
+            guard_client(c, timeout=timeout, bucket=bucket)
+
+    # -- protocol ------------------------------------------------------------------------------
+    def symbols(self) -> list[str]:
+        return sorted(set(self.watchlist()))
+
+    def knows(self, symbol: str) -> bool:
+        return bool(self._fetch([symbol]).get(symbol))
+
+    def quote(self, symbol: str, at: datetime) -> Quote | None:
+        require_aware(at, "at")
+        cycle = self._cycle(at)
+        snap = self.cache.get(cycle, symbol)
+        if snap is _MISSING:
+            snap = self._fill_cycle(cycle, symbol)
+        if not snap:
+            return None
+        return Quote(symbol, snap["price"], datetime.fromisoformat(snap["at"]), snap.get("volume") or 0.0)
+
+    def bars(self, symbol: str, end: datetime, count: int) -> list[Bar]:
+        from alpaca.data.enums import DataFeed
+        from alpaca.data.requests import StockBarsRequest
+        from alpaca.data.timeframe import TimeFrame
+
+        from catalyst.alpaca_http import retry_after_rate_limit
+
+        require_aware(end, "end")
+        request = StockBarsRequest(symbol_or_symbols=symbol, timeframe=TimeFrame.Minute,
+                                   start=end - timedelta(days=5), end=end, feed=DataFeed(self.feed))
+        barset = retry_after_rate_limit(lambda: self.client.get_stock_bars(request))
+        rows = barset.data.get(symbol, []) if hasattr(barset, "data") else []
+        done = [Bar(b.timestamp, symbol, float(b.open), float(b.high), float(b.low), float(b.close), float(b.volume))
+                for b in rows if b.timestamp + timedelta(minutes=1) <= end]
+        return done[-count:] if count else []
+
+    def prefetch(self, symbols: list[str], at: datetime) -> None:
+        """Fill this cycle's cache for ``symbols`` with batched calls (the scanner's whole universe)."""
+        cycle = self._cycle(at)
+        missing = [s for s in symbols if self.cache.get(cycle, s) is _MISSING]
+        if missing:
+            fetched = self._fetch(missing)
+            self.cache.put_many(cycle, {s: fetched.get(s) for s in missing}, max(self.cycle_seconds * 2, 30))
+
+    # -- scanner source ---------------------------------------------------------------------------
+    def scan_universe(self, top: int = 20) -> list[str]:
+        """Most actives by volume plus the top gainers: where today's catalysts show up first."""
+        from alpaca.data.requests import MarketMoversRequest, MostActivesRequest
+
+        from catalyst.alpaca_http import retry_after_rate_limit
+
+        actives = retry_after_rate_limit(lambda: self.screener.get_most_actives(MostActivesRequest(top=top)))
+        movers = retry_after_rate_limit(lambda: self.screener.get_market_movers(MarketMoversRequest(top=top // 2)))
+        symbols = [a.symbol for a in actives.most_actives] + [g.symbol for g in movers.gainers]
+        return sorted(set(symbols))
+
+    def catalyst(self, symbol: str) -> str | None:
+        """The latest news headline for ``symbol`` (a catalyst is news), or ``None``."""
+        from alpaca.data.requests import NewsRequest
+
+        from catalyst.alpaca_http import retry_after_rate_limit
+
+        found = retry_after_rate_limit(lambda: self.news.get_news(NewsRequest(symbols=symbol, limit=1)))
+        items = found.data.get("news", []) if hasattr(found, "data") else []
+        return items[0].headline if items else None
+
+    # -- internals -------------------------------------------------------------------------------
+    def _cycle(self, at: datetime) -> str:
+        step = int(at.timestamp() // self.cycle_seconds * self.cycle_seconds)
+        return datetime.fromtimestamp(step, UTC).isoformat()
+
+    def _fill_cycle(self, cycle: str, symbol: str):
+        """One batched fetch per cycle for every watched symbol; peers wait for it instead of calling."""
+        ttl = max(self.cycle_seconds * 2, 30)
+        if self.cache.try_lock(cycle, ttl):
+            wanted = sorted(set(self.watchlist()) | {symbol})
+            fetched = self._fetch(wanted)
+            self.cache.put_many(cycle, {s: fetched.get(s) for s in wanted}, ttl)
+            return fetched.get(symbol)
+        deadline = time.monotonic() + WAIT_FOR_PEER_SECONDS
+        while time.monotonic() < deadline:
+            snap = self.cache.get(cycle, symbol)
+            if snap is not _MISSING:
+                return snap
+            time.sleep(0.05)
+        if self.cache.try_lock(f"{cycle}:{symbol}", ttl):  # joined after the batch: fetch just this one
+            snap = self._fetch([symbol]).get(symbol)
+            self.cache.put_many(cycle, {symbol: snap}, ttl)
+            return snap
+        return None
+
+    def _fetch(self, symbols: list[str]) -> dict[str, dict]:
+        from alpaca.data.enums import DataFeed
+        from alpaca.data.requests import StockSnapshotRequest
+
+        from catalyst.alpaca_http import retry_after_rate_limit
+
+        out: dict[str, dict] = {}
+        for i in range(0, len(symbols), BATCH):
+            chunk = symbols[i:i + BATCH]
+            request = StockSnapshotRequest(symbol_or_symbols=chunk, feed=DataFeed(self.feed))
+            snaps = retry_after_rate_limit(lambda: self.client.get_stock_snapshot(request))
+            for sym, snap in (snaps or {}).items():
+                trade = getattr(snap, "latest_trade", None)
+                if trade is None or trade.price is None:
+                    continue
+                bar = getattr(snap, "minute_bar", None)
+                out[sym] = {"price": float(trade.price), "at": trade.timestamp.isoformat(),
+                            "volume": float(bar.volume) if bar is not None else 0.0}
+        log.info("snapshots_fetched", symbols=len(symbols), calls=(len(symbols) + BATCH - 1) // BATCH)
+        return out
