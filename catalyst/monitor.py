@@ -21,7 +21,8 @@ from catalyst.db.engine import session_scope
 from catalyst.db.models import IndicatorSnapshot, Position, PositionMonitorStatus
 from catalyst.exits import ExitAssessment, HeldPosition, MarketFacts, assess_exit
 from catalyst.indicators import compute as compute_indicators
-from catalyst.positions import RECENT_VOLUME_BARS, UnknownPosition, recent_volume, request_exit
+from catalyst.brokers.base import BrokerError
+from catalyst.positions import RECENT_VOLUME_BARS, UnknownPosition, raise_stop, recent_volume, request_exit
 from catalyst.records import bump, record_decision, wall_now
 from catalyst.runtime import Runtime
 
@@ -164,9 +165,22 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None,
              advisor=advice.source if advice else None)
     if exits and dry_run:
         return MonitorOutcome(position_id, "exit_dry_run", assessment.reason, assessment.signals)
+    if not exits and not dry_run and assessment.price is not None and rt.broker.supports_legs:
+        _trail_broker_stop(rt, position_id, assessment)
     if exits and request_exit(rt, position_id, assessment.reason, signals):
         return MonitorOutcome(position_id, "exit", assessment.reason, assessment.signals)
     return MonitorOutcome(position_id, "hold", assessment.reason, assessment.signals)
+
+
+def _trail_broker_stop(rt: Runtime, position_id: int, a: ExitAssessment) -> None:
+    """Keep the broker's stop leg a trailing distance under the high-watermark (best effort)."""
+    trail = a.high_watermark * (1 - rt.profile.trailing_stop_pct / 100)
+    if trail >= a.price:
+        return  # the trail is already crossed: the signal flow decides, not a stop at the market
+    try:
+        raise_stop(rt, position_id, trail)
+    except BrokerError as exc:
+        log.warning("stop_raise_failed", position_id=position_id, error=str(exc))
 
 
 def _advice_request(position_id, view: HeldPosition, a: ExitAssessment, snap, slot, now, entry_reason, rt):

@@ -157,7 +157,12 @@ def get_runtime() -> Runtime:
     """This process's runtime, built once from settings (or installed by :func:`use_runtime`)."""
     global _runtime
     if _runtime is None:
-        _runtime = build_runtime(get_settings())
+        rt = build_runtime(get_settings())
+        if rt.settings.broker == "alpaca":
+            from catalyst.calendar_check import cross_check
+
+            cross_check(rt)  # the broker knows unscheduled closures; it wins where it disagrees
+        _runtime = rt
     return _runtime
 
 

@@ -53,6 +53,20 @@ class SessionCalendar:
             raise BadInput(f"unknown market {market!r}; expected one of {', '.join(MARKETS)}")
         return _cached_calendar(market, tuple(sorted(closed_dates)))
 
+    def with_overrides(self, days: dict[date, tuple[datetime, datetime] | None]) -> "SessionCalendar":
+        """A copy where the given days open and close as stated (``None``: no session that day).
+
+        Used when the broker's calendar knows better (unscheduled closures, changed hours).
+        """
+        by_day = dict(self._by_day)
+        for day, hours in days.items():
+            if hours is None:
+                by_day.pop(day, None)
+            else:
+                by_day[day] = Session(day=day, open=require_aware(hours[0]).astimezone(UTC),
+                                      close=require_aware(hours[1]).astimezone(UTC))
+        return SessionCalendar(sorted(by_day.values(), key=lambda s: s.open), str(self.tz), self.code)
+
     # -- lookups ---------------------------------------------------------------
     def session_on(self, day: date) -> Session | None:
         return self._by_day.get(day)

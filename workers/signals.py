@@ -23,7 +23,7 @@ def check_startup(service: str) -> None:
         ensure_migrated(settings.sqlalchemy_url)
         from catalyst.runtime import get_runtime
 
-        get_runtime()  # validates clock, market data and broker settings up front
+        get_runtime()  # validates settings up front; with Alpaca, also cross-checks its calendar
     except (NotMigrated, CatalystError) as exc:
         log.error("startup_refused", service=service, error=str(exc))
         raise SystemExit(f"catalyst {service}: {exc}") from None
@@ -63,4 +63,7 @@ def _on_worker_shutdown(sender=None, **_):
 
 @signals.worker_process_init.connect
 def _on_child_start(**_):
+    from catalyst.runtime import reset_runtime
+
     dispose_all()  # never share a parent's database connections across a fork
+    reset_runtime()  # nor its HTTP sessions: each child builds its own runtime on first use
