@@ -36,6 +36,8 @@ timezone = "UTC"
 # Redis still delivers every message the moment the queue list is written again.
 task_queues = tuple(Queue(name, Exchange(""), routing_key=name) for name in QUEUES)
 task_default_queue = "maintenance"
+task_default_exchange = ""  # keep the anonymous exchange: Celery would otherwise bind queues to "maintenance"
+task_default_routing_key = "maintenance"
 task_routes = {
     "catalyst.scan_market": {"queue": "scan"},
     "catalyst.evaluate_candidates": {"queue": "evaluate"},

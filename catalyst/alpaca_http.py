@@ -186,7 +186,11 @@ def api_error_code(exc: BaseException) -> int | None:
         return None
 
 
-def retry_after_rate_limit(call: Callable[[], T], *, attempts: int = 5, bucket: TokenBucket | None = None) -> T:
+RATE_LIMIT_ATTEMPTS = 30  # each 429 pauses everyone until its reset (seconds): minutes of patience in all
+
+
+def retry_after_rate_limit(call: Callable[[], T], *, attempts: int = RATE_LIMIT_ATTEMPTS,
+                           bucket: TokenBucket | None = None) -> T:
     """Run ``call``; on an ``APIError`` with status 429, run it again (up to ``attempts`` runs in all).
 
     Only pass calls that are SAFE to repeat: GETs, or an order submit carrying a

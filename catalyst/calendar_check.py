@@ -50,12 +50,21 @@ def cross_check(rt) -> list[dict]:
     now = rt.clock.now()
     start = now.astimezone(rt.calendar.tz).date()
     end = start + timedelta(days=LOOKAHEAD_DAYS)
-    rows = broker.calendar(datetime.combine(start, datetime.min.time()), datetime.combine(end, datetime.min.time()))
+    try:
+        rows = broker.calendar(datetime.combine(start, datetime.min.time()),
+                               datetime.combine(end, datetime.min.time()))
+    except Exception as exc:  # the check must never keep a worker or beat from starting
+        log.warning("calendar_check_failed", error=str(exc)[:200], using="exchange_calendars")
+        return []
     rt.calendar, differences = reconcile_calendar(rt.calendar, broker_sessions(rows, rt.calendar.tz), start, end)
     for diff in differences:
         log.warning("calendar_disagreement", **diff, resolution="broker wins")
     if isinstance(rt.clock, WallClock) and hasattr(broker, "clock"):
-        clock = broker.clock()
+        try:
+            clock = broker.clock()
+        except Exception as exc:
+            log.warning("market_clock_check_failed", error=str(exc)[:200])
+            return differences
         if bool(clock.is_open) != rt.calendar.is_open(now):
             log.warning("market_clock_disagreement", broker_is_open=clock.is_open,
                         calendar_is_open=rt.calendar.is_open(now))

@@ -127,6 +127,7 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None,
     slot = slot or cycle_slot(rt, now)
     quote = rt.market_data.quote(view.symbol, now)
     snap = shared_indicators(rt, view.symbol, slot, now, worker)
+    now = rt.clock.now()  # judge at the time the facts arrived (a batched fetch may have taken a moment)
     facts = MarketFacts(rsi=snap.rsi, macd_hist=snap.macd_hist, recent_volume=snap.recent_volume,
                         minutes_to_close=rt.calendar.minutes_to_close(now))
     assessment = assess_exit(view, quote, now, timedelta(seconds=rt.settings.max_quote_age), rt.profile, facts)

@@ -61,8 +61,8 @@ def validate_entry(rt: Runtime, symbol: str, qty: float, stop: float | None, tar
     knows = getattr(rt.market_data, "knows", None)
     if not (knows(symbol) if knows else symbol in rt.market_data.symbols()):
         raise BadInput(f"unknown symbol {symbol!r}: market data {rt.market_data.name} does not list it")
-    now = rt.clock.now()
-    quote = rt.market_data.quote(symbol, now)
+    quote = rt.market_data.quote(symbol, rt.clock.now())
+    now = rt.clock.now()  # after the quote arrived: a slow fetch must not make a fresh quote look "future"
     problem = quote_problem(quote, now, timedelta(seconds=rt.settings.max_quote_age))
     if problem:
         raise BadInput(f"cannot enter {symbol} at {now.isoformat()}: {problem.replace('_', ' ')}")

@@ -13,27 +13,40 @@ clock: Redis ``TIME`` for the shared bucket, ``time.monotonic()`` for the local 
 
 A classic token bucket (capacity C, refill r/s) only guarantees ``C + r*per`` per window, so to
 hold the bound it must give up either burst or sustained rate (``C + r*per <= rate``). Instead,
-both buckets keep a *sliding-window log*: the grant times of the last ``per`` seconds. A request
-of cost ``k`` is granted only if the log holds at most ``rate - k`` grants younger than ``per``
-seconds; otherwise the answer is the exact wait until enough old grants leave the window. This
-is the simplest design that guarantees the bound *and* still allows the full ``rate`` both as a
-burst and as a sustained throughput. Proof: take any ``rate + 1`` grants inside a window shorter
-than ``per``; when the last of them was granted, the other ``rate`` were all younger than ``per``
-seconds and in the log, so it would have been refused. Memory is one entry per grant in the last
-window (200 entries for Alpaca).
+both buckets keep a *sliding-window log of reservations*: the times of recent and already
+scheduled grants, in order. A request of cost ``k`` is given the earliest slot ``t`` such that
+
+* ``t >= now``, ``t >=`` the last scheduled grant (so the log stays in time order), ``t >=`` the
+  end of any pause, and
+* ``t >= e + per`` where ``e`` is the grant ``rate`` positions before the last of the ``k`` new
+  ones — i.e. any ``rate + 1`` consecutive grants span at least ``per`` seconds.
+
+The slot is written into the log at once and the caller just sleeps until it. Proof of the
+bound: a window ``[a, a + per)`` holding ``rate + 1`` grants would hold ``rate + 1`` consecutive
+ones spanning less than ``per``. Throughput is the full ``rate`` both as a burst and sustained
+(slots are exactly ``per`` after the grant ``rate`` earlier), waiters are served first come first
+served (no thundering herd, no starvation: a worker's wait is bounded by its place in line), and
+a slot whose caller gave up or died is simply not used (the bound errs on the safe side).
+Memory is one entry per grant in the window (200 for Alpaca). A caller whose ``timeout`` is
+shorter than the wait gets :class:`RateLimitTimeout` and reserves nothing.
 
 ``burst`` (optional, default ``rate``) adds a smoothing constraint from the same log: at most
 ``burst`` grants in any window of ``burst * per / rate`` seconds. It never loosens the main bound.
 
 A *pause* (``pause_until(epoch)``, e.g. after HTTP 429 with ``X-RateLimit-Reset``) makes every
-acquirer wait until that instant; it can be extended but never shortened.
+acquirer wait until that instant; it can be extended but never shortened. A caller whose slot
+was reserved before the pause was set checks the pause after sleeping and, if it is on, queues
+again for a slot after it (the old slot is left unused).
 
 Redis layout (keys share a hash tag, so they live in one cluster slot):
 ``catalyst:ratelimit:{name}:log`` (sorted set, score = grant time in µs of Redis ``TIME``),
-``...:seq`` (member counter) and ``...:pause`` (pause end, epoch µs). One Lua script checks the
-pause, trims the log, and grants or answers the wait, atomically; the time comes from Redis
-``TIME`` inside the script, so hosts with skewed clocks still agree. Everything expires on its
-own once idle: Redis only holds what can be rebuilt (an empty log merely allows a fresh burst).
+``...:seq`` (member counter) and ``...:pause`` (pause end, epoch µs). One Lua script trims the
+log, honours the pause and reserves the slot (or refuses, for a short timeout), atomically. The
+time comes from Redis ``TIME`` inside the script, so hosts with skewed clocks still agree; a
+caller only ever sleeps the *relative* wait the script returned, so it never starts early.
+Everything expires on its own once idle: Redis only holds what can be rebuilt. If the keys are
+lost (flush, failover to a replica that missed the last writes) the log restarts empty, which
+can let one extra burst through in that window.
 
 Caveat: the bound is on grant times. Network latency jitter between the grant and the moment
 Alpaca counts the request can shift a request across a window edge; pass a slightly lower
@@ -43,7 +56,6 @@ Alpaca counts the request can shift a request across a window edge; pass a sligh
 from __future__ import annotations
 
 import math
-import random
 import threading
 import time
 from collections import deque
@@ -97,17 +109,19 @@ def _check_cost(cost: int, burst: int) -> None:
         raise ValueError(f"cost must be an integer in 1..{burst}, got {cost!r}")
 
 
-def _jitter(wait: float) -> float:
-    """A little randomness so acquirers woken by the same event do not all retry in lock-step."""
-    return random.uniform(0.0, min(0.02, 0.001 + wait * 0.02))
-
-
 class _Waiter:
-    """The acquire loop shared by both buckets: ``_try(cost)`` returns ``(granted, wait, grant_time)``."""
+    """The acquire loop shared by both buckets.
+
+    ``_reserve(cost, max_wait)`` returns ``(reserved, wait, slot)``: the slot (on the bucket's
+    clock) and how long until it; nothing is reserved when ``wait`` exceeds ``max_wait``.
+    """
 
     _local: threading.local
 
-    def _try(self, cost: int) -> tuple[bool, float, float]:
+    def _reserve(self, cost: int, max_wait: float | None) -> tuple[bool, float, float]:
+        raise NotImplementedError
+
+    def pause_remaining(self) -> float:
         raise NotImplementedError
 
     def _acquire(self, cost: int, timeout: float | None) -> float:
@@ -116,70 +130,72 @@ class _Waiter:
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         while True:
-            granted, wait, at = self._try(cost)
-            now = time.monotonic()
-            if granted:
-                self._local.last_grant = at
-                return now - start
-            if deadline is not None and now + wait > deadline:
+            max_wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            reserved, wait, slot = self._reserve(cost, max_wait)
+            if not reserved:
                 raise RateLimitTimeout(
                     f"rate limit: {cost} request(s) not allowed for another {wait:.3f}s "
-                    f"(timeout {timeout:.3f}s)")
-            sleep = wait + _jitter(wait)
-            if deadline is not None:
-                sleep = min(sleep, max(0.0, deadline - now))
-            time.sleep(sleep)
+                    f"(timeout {timeout:.3f}s); nothing reserved")
+            if wait <= 0:  # granted now: the script checked the pause atomically
+                break
+            time.sleep(wait)
+            # A 429 elsewhere may have paused everyone after our slot was reserved.
+            if self.pause_remaining() <= 0:
+                break
+        self._local.last_grant = slot
+        return time.monotonic() - start
 
     @property
     def last_grant(self) -> float | None:
-        """When this thread's last grant happened, on the bucket's own clock (for tests/metrics)."""
+        """This thread's last granted slot, on the bucket's own clock (for tests/metrics)."""
         return getattr(self._local, "last_grant", None)
 
 
 _ACQUIRE = """
--- KEYS: log (zset), pause (string, epoch us), seq (counter)
--- ARGV: window_us, limit, burst_window_us, burst, cost
--- returns {granted (1/0), wait_us, now_us}
+-- KEYS: log (zset of grant slots, us), pause (string, epoch us), seq (member counter)
+-- ARGV: window_us, limit, burst_window_us, burst, cost, max_wait_us (-1: no limit)
+-- returns {reserved (1/0), wait_us, slot_us}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
-if pause > now then
-  return {0, pause - now, now}
-end
 local window = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local bwindow = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
 local cost = tonumber(ARGV[5])
--- a grant at time s is inside the window while now - s < window
+local max_wait = tonumber(ARGV[6])
+-- slots at least a window old cannot constrain any slot from now on
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
-local count = redis.call('ZCARD', KEYS[1])
-local wait = 0
-if count + cost > limit then
-  local idx = count + cost - limit - 1
-  local e = redis.call('ZRANGE', KEYS[1], idx, idx, 'WITHSCORES')
-  wait = tonumber(e[2]) + window - now
-end
-if burst < limit then
-  local lo = string.format('(%.0f', now - bwindow)
-  local recent = redis.call('ZCOUNT', KEYS[1], lo, '+inf')
-  if recent + cost > burst then
-    local e = redis.call('ZRANGEBYSCORE', KEYS[1], lo, '+inf', 'WITHSCORES', 'LIMIT', recent + cost - burst - 1, 1)
-    local w = tonumber(e[2]) + bwindow - now
-    if w > wait then wait = w end
+local at = now
+local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
+if pause > at then at = pause end
+local n = redis.call('ZCARD', KEYS[1])
+if n > 0 then
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if tonumber(last[2]) > at then at = tonumber(last[2]) end
+  -- any limit+1 consecutive slots must span >= window (and burst+1 >= bwindow)
+  if n + cost > limit then
+    local i = n + cost - limit - 1
+    local e = redis.call('ZRANGE', KEYS[1], i, i, 'WITHSCORES')
+    if tonumber(e[2]) + window > at then at = tonumber(e[2]) + window end
+  end
+  if burst < limit and n + cost > burst then
+    local i = n + cost - burst - 1
+    local e = redis.call('ZRANGE', KEYS[1], i, i, 'WITHSCORES')
+    if tonumber(e[2]) + bwindow > at then at = tonumber(e[2]) + bwindow end
   end
 end
-if wait > 0 then
-  return {0, wait, now}
+local wait = at - now
+if max_wait >= 0 and wait > max_wait then
+  return {0, wait, at}
 end
 local seq = redis.call('INCRBY', KEYS[3], cost)
 for i = 1, cost do
-  redis.call('ZADD', KEYS[1], now, string.format('%.0f-%d', now, seq - cost + i))
+  redis.call('ZADD', KEYS[1], string.format('%.0f', at), string.format('%.0f-%d', at, seq - cost + i))
 end
-local ttl = math.ceil(window / 1000) + 1000
+local ttl = math.ceil((wait + window) / 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
-return {1, 0, now}
+return {1, wait, at}
 """
 
 _PAUSE = """
@@ -227,10 +243,12 @@ class RedisTokenBucket(_Waiter):
     def __repr__(self) -> str:  # never show the URL (it may carry a password)
         return f"RedisTokenBucket(name={self.name!r}, rate={self.rate}, per={self.per}, burst={self.burst})"
 
-    def _try(self, cost: int) -> tuple[bool, float, float]:
-        granted, wait_us, now_us = self._acquire_script(
-            keys=list(self.keys), args=[self._window_us, self.rate, self._burst_window_us, self.burst, cost])
-        return bool(granted), int(wait_us) / 1_000_000, int(now_us) / 1_000_000
+    def _reserve(self, cost: int, max_wait: float | None) -> tuple[bool, float, float]:
+        max_wait_us = -1 if max_wait is None else int(max_wait * 1_000_000)
+        reserved, wait_us, slot_us = self._acquire_script(
+            keys=list(self.keys),
+            args=[self._window_us, self.rate, self._burst_window_us, self.burst, cost, max_wait_us])
+        return bool(reserved), int(wait_us) / 1_000_000, int(slot_us) / 1_000_000
 
     def acquire(self, cost: int = 1, timeout: float | None = None) -> float:
         _check_cost(cost, self.burst)
@@ -250,7 +268,7 @@ class RedisTokenBucket(_Waiter):
 
 
 class LocalTokenBucket(_Waiter):
-    """The same sliding-window log for one process (threads share it under a lock)."""
+    """The same reservation log for one process (threads share it under a lock); monotonic clock."""
 
     def __init__(self, rate: int = ALPACA_RATE, per: float = ALPACA_PER, burst: int | None = None):
         self.rate, self.per, self.burst = _validate(rate, per, burst)
@@ -263,25 +281,25 @@ class LocalTokenBucket(_Waiter):
     def __repr__(self) -> str:
         return f"LocalTokenBucket(rate={self.rate}, per={self.per}, burst={self.burst})"
 
-    def _try(self, cost: int) -> tuple[bool, float, float]:
+    def _reserve(self, cost: int, max_wait: float | None) -> tuple[bool, float, float]:
         with self._lock:
             now = time.monotonic()
-            if self._paused_until > now:
-                return False, self._paused_until - now, now
             log = self._log
             while log and log[0] <= now - self.per:
                 log.popleft()
-            wait = 0.0
-            if len(log) + cost > self.rate:
-                wait = log[len(log) + cost - self.rate - 1] + self.per - now
-            if self.burst < self.rate:
-                recent = [t for t in log if t > now - self._burst_window]
-                if len(recent) + cost > self.burst:
-                    wait = max(wait, recent[len(recent) + cost - self.burst - 1] + self._burst_window - now)
-            if wait > 0:
-                return False, wait, now
-            log.extend([now] * cost)
-            return True, 0.0, now
+            at = max(now, self._paused_until)
+            n = len(log)
+            if n:
+                at = max(at, log[-1])
+                if n + cost > self.rate:
+                    at = max(at, log[n + cost - self.rate - 1] + self.per)
+                if self.burst < self.rate and n + cost > self.burst:
+                    at = max(at, log[n + cost - self.burst - 1] + self._burst_window)
+            wait = at - now
+            if max_wait is not None and wait > max_wait:
+                return False, wait, at
+            log.extend([at] * cost)
+            return True, wait, at
 
     def acquire(self, cost: int = 1, timeout: float | None = None) -> float:
         _check_cost(cost, self.burst)

@@ -61,15 +61,27 @@ def build_market_data(settings: Settings) -> MarketData:
         return ReplayMarketData(paths[0] if len(paths) == 1 else paths)
     if spec == "alpaca":
         from catalyst.marketdata.alpaca import AlpacaMarketData, LocalCycleCache, RedisCycleCache
-        from catalyst.ratelimit import bucket_from_settings
 
         _require_alpaca_keys(settings)
         cache = RedisCycleCache(settings.redis_url) if settings.redis_url else LocalCycleCache()
         return AlpacaMarketData(api_key=settings.alpaca_api_key, secret_key=settings.alpaca_secret_key,
                                 data_url=settings.alpaca_data_url, feed=settings.alpaca_feed,
-                                timeout=settings.alpaca_timeout, bucket=bucket_from_settings(settings), cache=cache,
+                                timeout=settings.alpaca_timeout, bucket=alpaca_bucket(settings), cache=cache,
                                 cycle_seconds=settings.monitor_check_interval, watchlist=_watched_symbols)
     raise BadInput(f"CATALYST_MARKET_DATA={spec!r} is not one of synthetic, replay:<csv path>, alpaca")
+
+
+_buckets: dict = {}
+
+
+def alpaca_bucket(settings: Settings):
+    """One rate-limit bucket per process for every Alpaca client (shared across processes via Redis)."""
+    from catalyst.ratelimit import bucket_from_settings
+
+    key = (settings.redis_url, settings.alpaca_rate_limit, settings.alpaca_rate_window)
+    if key not in _buckets:
+        _buckets[key] = bucket_from_settings(settings, rate=settings.alpaca_rate_limit, per=settings.alpaca_rate_window)
+    return _buckets[key]
 
 
 def _watched_symbols() -> list[str]:
@@ -91,12 +103,11 @@ def build_broker(settings: Settings, market_data: MarketData, clock: Clock):
 
         return PaperBroker(market_data, clock, settings.paper_starting_cash, settings.sqlalchemy_url)
     from catalyst.brokers.alpaca import AlpacaBroker
-    from catalyst.ratelimit import bucket_from_settings
 
     _require_alpaca_keys(settings)
     return AlpacaBroker(api_key=settings.alpaca_api_key, secret_key=settings.alpaca_secret_key,
                         base_url=settings.alpaca_base_url, live_trading=settings.live_trading,
-                        timeout=settings.alpaca_timeout, bucket=bucket_from_settings(settings))
+                        timeout=settings.alpaca_timeout, bucket=alpaca_bucket(settings))
 
 
 def build_clock(settings: Settings) -> Clock:

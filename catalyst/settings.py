@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     alpaca_data_url: str | None = Field(default=None, validation_alias="ALPACA_DATA_URL")
     alpaca_feed: Literal["iex", "sip", "delayed_sip", "otc"] = Field(default="iex", validation_alias="ALPACA_FEED")
     alpaca_timeout: float = Field(default=10.0, gt=0, le=60, validation_alias="ALPACA_TIMEOUT")
-    alpaca_rate_limit: int = Field(default=200, gt=0, validation_alias="ALPACA_RATE_LIMIT_PER_MIN")
+    alpaca_rate_limit: int = Field(default=200, gt=0, validation_alias="ALPACA_RATE_LIMIT")
+    alpaca_rate_window: float = Field(default=60.0, gt=0, validation_alias="ALPACA_RATE_WINDOW_SECONDS")
 
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)
     anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")

@@ -163,7 +163,8 @@ class Stack:
         return "\n".join(f"===== {p.name} =====\n{p.log_text()[-6000:]}" for p in self.procs)
 
 
-def seed_position(symbol: str, price: float, opened_at: datetime, qty: float = 10, max_hold_hours: float = 240) -> int:
+def seed_position(symbol: str, price: float, opened_at: datetime, qty: float = 10, max_hold_hours: float = 240,
+                  entry_volume: float | None = 10_000) -> int:
     """Insert an open position directly (as if entered earlier), for tests that only need monitoring."""
     from sqlalchemy import select
 
@@ -176,7 +177,7 @@ def seed_position(symbol: str, price: float, opened_at: datetime, qty: float = 1
             s.add(security)
             s.flush()
         p = Position(security_id=security.id, symbol=symbol, qty=qty, status="open", entry_price=price,
-                     entry_volume=10_000, high_watermark=price, stop_loss_price=round(price * 0.95, 2),
+                     entry_volume=entry_volume, high_watermark=price, stop_loss_price=round(price * 0.95, 2),
                      take_profit_price=round(price * 1.15, 2), max_hold_seconds=max_hold_hours * 3600,
                      opened_at=opened_at, updated_at=opened_at)
         s.add(p)

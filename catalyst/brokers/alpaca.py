@@ -94,6 +94,9 @@ class AlpacaBroker:
                 if existing is not None:
                     log.info("order_adopted", client_order_id=request.client_order_id, status=existing.status)
                     return existing
+            if (api_error_status(exc) or 0) >= 500:  # the server failed mid-request: it may have placed the order
+                raise OrderOutcomeUnknown(f"submit of {request.client_order_id} failed at Alpaca "
+                                          f"(HTTP {api_error_status(exc)})") from None
             log.warning("order_refused", client_order_id=request.client_order_id, status=api_error_status(exc),
                         error=_message(exc))
             return BrokerOrderReport("", request.client_order_id, request.symbol, request.side, request.qty,

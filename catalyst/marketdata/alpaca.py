@@ -19,6 +19,7 @@ from catalyst.domain import Bar, Quote, require_aware
 log = structlog.get_logger("catalyst.alpaca_data")
 BATCH = 100
 WAIT_FOR_PEER_SECONDS = 5.0
+BATCH_DONE = "__batch_done__"
 
 
 class LocalCycleCache:
@@ -170,13 +171,15 @@ class AlpacaMarketData:
         if self.cache.try_lock(cycle, ttl):
             wanted = sorted(set(self.watchlist()) | {symbol})
             fetched = self._fetch(wanted)
-            self.cache.put_many(cycle, {s: fetched.get(s) for s in wanted}, ttl)
+            self.cache.put_many(cycle, {**{s: fetched.get(s) for s in wanted}, BATCH_DONE: True}, ttl)
             return fetched.get(symbol)
         deadline = time.monotonic() + WAIT_FOR_PEER_SECONDS
         while time.monotonic() < deadline:
             snap = self.cache.get(cycle, symbol)
             if snap is not _MISSING:
                 return snap
+            if self.cache.get(cycle, BATCH_DONE) is not _MISSING:
+                break  # the batch is in and did not include this symbol
             time.sleep(0.05)
         if self.cache.try_lock(f"{cycle}:{symbol}", ttl):  # joined after the batch: fetch just this one
             snap = self._fetch([symbol]).get(symbol)

@@ -1,0 +1,226 @@
+"""Trading through Alpaca (alpaca-py against a local fake Alpaca server, real PostgreSQL and Redis):
+bracket entries, exits that cancel the legs and sell once, and every failure mode of the money path."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from catalyst.clock import ManualClock
+from catalyst.db.models import Order, Position
+from catalyst.monitor import check_position
+from catalyst.orders import OrderPending
+from catalyst.positions import execute_exit, exit_client_order_id, open_position, request_exit
+from catalyst.runtime import build_runtime, get_runtime, use_runtime
+from catalyst.settings import get_settings
+from tests.alpaca_support import START, alpaca_env, alpaca_market
+from tests.fake_alpaca import FakeAlpaca
+from tests.support import query, seed_position
+
+
+@pytest.fixture
+def fake():
+    with FakeAlpaca(now=START) as api:
+        yield api
+
+
+@pytest.fixture
+def market(fake, pg_url, redis_url, tmp_path):
+    # 60x: every real second is a new monitor cycle, so a new price is seen after next_cycle()
+    with alpaca_market(fake, alpaca_env(fake, pg_url, redis_url, tmp_path, speed=60), {"ACME": 100.0}) as driver:
+        yield driver
+
+
+def next_cycle():
+    time.sleep(1.1)
+
+
+def sells(fake, symbol="ACME"):
+    return [o for o in fake.orders if o["side"] == "sell" and o["order_class"] != "bracket" and o["symbol"] == symbol
+            and o["type"] == "market"]
+
+
+def position_orders(pid):
+    return {o.purpose: o for o in query(lambda s: s.scalars(select(Order).where(Order.position_id == pid)).all())}
+
+
+def open_acme(client_order_id="entry-c1-ACME", qty=10):
+    return open_position(get_runtime(), symbol="ACME", qty=qty, client_order_id=client_order_id)
+
+
+def test_entry_is_a_bracket_and_exit_cancels_both_legs_then_sells_once(fake, market):
+    position = open_acme()
+    parent = fake.orders_by_client_id()["entry-c1-ACME"]
+    assert parent["order_class"] == "bracket" and len(parent["legs"]) == 2
+    legs = position_orders(position.id)
+    assert legs["entry"].status == "filled" and legs["entry"].broker_order_id == parent["id"]
+    assert {legs["stop"].stop_price, legs["take_profit"].limit_price} == {95.0, 115.0}
+    assert legs["stop"].status == legs["take_profit"].status == "new"
+
+    assert request_exit(get_runtime(), position.id, "near_close")
+    closed = execute_exit(get_runtime(), position.id)
+    assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "near_close", 100.0)
+    assert [leg["status"] for leg in fake.order("entry-c1-ACME")["legs"]] == ["canceled", "canceled"]
+    assert len(sells(fake)) == 1 and "ACME" not in fake.positions
+    rows = position_orders(position.id)
+    assert rows["exit"].status == "filled" and rows["stop"].status == rows["take_profit"].status == "canceled"
+    assert execute_exit(get_runtime(), position.id).status == "closed" and len(sells(fake)) == 1  # rerun: nothing
+
+
+def test_lost_reply_on_entry_is_resolved_by_client_id_without_a_second_order(fake, market):
+    fake.fail("POST", "/v2/orders", "lost_reply")
+    position = open_acme()
+    assert position.status == "open" and position.qty == 10
+    assert len([o for o in fake.orders if o["client_order_id"] == "entry-c1-ACME"]) == 1
+    assert fake.count("POST", "/v2/orders") == 1
+    assert fake.positions["ACME"]["qty"] == "10"
+
+
+def test_lost_reply_on_exit_closes_once(fake, market):
+    position = open_acme()
+    request_exit(get_runtime(), position.id, "stop_loss")
+    fake.fail("POST", "/v2/orders", "lost_reply")
+    closed = execute_exit(get_runtime(), position.id)
+    assert closed.status == "closed"
+    assert len(sells(fake)) == 1 and "ACME" not in fake.positions
+
+
+def test_timeout_on_exit_is_unknown_then_resolved_and_sold_once(fake, market):
+    position = open_acme()
+    request_exit(get_runtime(), position.id, "stop_loss")
+    fake.fail("POST", "/v2/orders", "timeout")
+    with pytest.raises(OrderPending):
+        execute_exit(get_runtime(), position.id)
+    assert position_orders(position.id)["exit"].status == "unknown"
+    assert query(lambda s: s.get(Position, position.id)).status == "closing"
+    assert sells(fake) == []  # the timed-out request never reached the book
+    closed = execute_exit(get_runtime(), position.id)  # the retry (or the monitor's redrive)
+    assert closed.status == "closed" and len(sells(fake)) == 1
+
+
+def test_a_duplicate_client_id_is_adopted_not_sold_again(fake, market):
+    position = open_acme()
+    request_exit(get_runtime(), position.id, "manual")
+    # An earlier attempt reached Alpaca but its reply and our record of it were lost: legs gone, sell done.
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.enums import OrderSide, TimeInForce
+    from alpaca.trading.requests import MarketOrderRequest
+
+    raw = TradingClient(fake.key_id, fake.secret, paper=True, url_override=fake.base_url)
+    raw.cancel_order_by_id(fake.order("entry-c1-ACME")["legs"][0]["id"])  # OCO: its sibling goes too
+    raw.submit_order(MarketOrderRequest(symbol="ACME", qty=10, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
+                                        client_order_id=exit_client_order_id(position.id)))
+    closed = execute_exit(get_runtime(), position.id)
+    assert closed.status == "closed" and closed.exit_price == 100.0
+    assert len(sells(fake)) == 1
+    assert position_orders(position.id)["exit"].broker_order_id == fake.order(exit_client_order_id(position.id))["id"]
+
+
+def test_a_stop_leg_filled_at_the_broker_is_the_exit_and_nothing_is_sold(fake, market):
+    position = open_acme()
+    market.set("ACME", 94.0)  # through the 95.00 stop: Alpaca fills the stop leg and cancels the target
+    next_cycle()
+    outcome = check_position(get_runtime(), position.id)
+    assert outcome.action == "exit"
+    closed = execute_exit(get_runtime(), position.id)
+    assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "stop_loss", 94.0)
+    assert sells(fake) == [] and "ACME" not in fake.positions
+    assert position_orders(position.id)["stop"].status == "filled"
+
+
+def test_the_stop_leg_trails_the_high_watermark(fake, market):
+    position = open_acme()
+    market.set("ACME", 110.0)  # +10% would be STRONG take-profit: stay below it
+    market.set("ACME", 108.0)
+    next_cycle()
+    check_position(get_runtime(), position.id)
+    stop = [o for o in fake.orders if o["type"] == "stop" and o["status"] in ("new", "held")]
+    assert len(stop) == 1 and float(stop[0]["stop_price"]) == round(108.0 * 0.97, 2)
+    assert query(lambda s: s.get(Position, position.id)).stop_loss_price == round(108.0 * 0.97, 2)
+    assert any(o["status"] == "replaced" for o in fake.orders)
+
+
+def test_200_positions_in_50_symbols_cost_one_snapshot_call_per_cycle(fake, pg_url, redis_url, tmp_path):
+    symbols = [f"S{i:02d}" for i in range(50)]
+    env = alpaca_env(fake, pg_url, redis_url, tmp_path, MONITOR_CHECK_INTERVAL="60")
+    with alpaca_market(fake, env, {s: 50.0 + i for i, s in enumerate(symbols)}):
+        ids = [seed_position(s, 50.0 + i, START - timedelta(hours=1), entry_volume=None) for _ in range(4)
+               for i, s in enumerate(symbols)]
+        clock = ManualClock(START)
+        rt = build_runtime(get_settings(), clock)
+        use_runtime(rt)
+        for cycle in range(2):
+            clock.set(START + timedelta(minutes=cycle, seconds=1))
+            fake.now = clock.now()
+            before = fake.count("GET", "/v2/stocks/snapshots")
+            outcomes = [check_position(rt, pid).action for pid in ids]
+            assert outcomes == ["hold"] * 200, set(outcomes)
+            assert fake.count("GET", "/v2/stocks/snapshots") - before == 1, f"cycle {cycle}"
+        assert len(ids) == 200
+
+
+def test_market_data_uses_the_configured_feed(fake, market):
+    position = open_acme()
+    check_position(get_runtime(), position.id)
+    assert set(fake.feeds()) == {"iex"}
+
+
+def test_alpaca_calendar_wins_where_it_disagrees_with_exchange_calendars(fake, pg_url, redis_url, tmp_path):
+    from catalyst.db.models import AgentLog
+    from catalyst.logs import configure_logging
+
+    day = START.date()
+    fake.set_session(day, "09:30", "13:00")  # say an unscheduled early close today
+    fake.set_session(day + timedelta(days=1), None)  # and a closure tomorrow
+    configure_logging("INFO", "worker")
+    try:
+        with alpaca_market(fake, alpaca_env(fake, pg_url, redis_url, tmp_path), {"ACME": 100.0}):
+            cal = get_runtime().calendar
+            logged = query(lambda s: s.scalars(select(AgentLog).where(AgentLog.event == "calendar_disagreement")).all())
+    finally:
+        import structlog
+
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+    assert cal.session_on(day).close == START.replace(hour=13, minute=0)
+    assert cal.session_on(day + timedelta(days=1)) is None
+    assert cal.next_slot(START.replace(hour=12, minute=59, second=30), timedelta(minutes=1)).date() > day
+    assert {row.context["day"] for row in logged} == {day.isoformat(), (day + timedelta(days=1)).isoformat()}
+
+
+def test_scan_ranks_alpaca_most_actives_and_movers_with_news_as_the_catalyst(fake, market):
+    from catalyst.cycles import scan
+    from catalyst.db.models import ScanResult
+
+    for sym, price in {"AAA": 20.0, "BBB": 30.0, "CCC": 40.0}.items():
+        market.set(sym, price)
+    fake.set_most_actives([("AAA", 5_000_000, 40_000), ("BBB", 3_000_000, 20_000)])
+    fake.set_movers([("CCC", 12.5, 4.4, 40.0)], [])
+    fake.add_news("CCC", "CCC wins FDA approval for its lead drug")
+    before = fake.count("GET", "/v2/stocks/snapshots")
+    cycle_id = scan(get_runtime(), START + timedelta(minutes=1))
+    results = query(lambda s: s.scalars(select(ScanResult).where(ScanResult.cycle_id == cycle_id)).all())
+    assert {r.symbol for r in results} == {"AAA", "BBB", "CCC"}
+    assert {r.symbol: r.catalyst for r in results}["CCC"] == "CCC wins FDA approval for its lead drug"
+    assert fake.count("GET", "/v2/stocks/snapshots") - before == 1  # the whole universe in one batched call
+
+
+def test_keys_never_reach_logs_errors_or_decisions(fake, market, capfd):
+    from catalyst.db.models import AgentLog, Decision
+
+    fake.fail("POST", "/v2/orders", "500")
+    with pytest.raises(Exception):
+        open_acme("entry-fails")
+    position = open_acme()
+    request_exit(get_runtime(), position.id, "manual")
+    fake.fail("*", "/v2/orders", "429", times=2)
+    execute_exit(get_runtime(), position.id)
+    stored = query(lambda s: [str(o.error) for o in s.scalars(select(Order)).all()] +
+                   [str(d.details) for d in s.scalars(select(Decision)).all()] +
+                   [str(a.context) for a in s.scalars(select(AgentLog)).all()])
+    out, err = capfd.readouterr()
+    for text in [*stored, out, err, repr(get_runtime().settings)]:
+        assert fake.secret not in text

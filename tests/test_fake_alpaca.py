@@ -1,0 +1,339 @@
+"""Smoke tests: the real alpaca-py clients run against ``FakeAlpaca`` and parse every answer into their models."""
+
+from __future__ import annotations
+
+import functools
+import time
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.data.enums import DataFeed, MostActivesBy
+from alpaca.data.historical import StockHistoricalDataClient
+from alpaca.data.historical.news import NewsClient
+from alpaca.data.historical.screener import ScreenerClient
+from alpaca.data.models import BarSet, Quote, Snapshot
+from alpaca.data.requests import (MarketMoversRequest, MostActivesRequest, NewsRequest, StockBarsRequest,
+                                  StockLatestQuoteRequest, StockLatestTradeRequest, StockSnapshotRequest)
+from alpaca.data.timeframe import TimeFrame
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
+from alpaca.trading.requests import (ClosePositionRequest, GetCalendarRequest, GetOrdersRequest, LimitOrderRequest,
+                                     MarketOrderRequest, ReplaceOrderRequest, StopLossRequest, TakeProfitRequest)
+
+from tests.fake_alpaca import FakeAlpaca, fake_alpaca  # noqa: F401  (fixture)
+
+UTC = timezone.utc
+MONDAY_OPEN = datetime(2024, 3, 4, 15, 0, tzinfo=UTC)  # 10:00 ET, a regular session
+
+
+def _kw(fake: FakeAlpaca) -> dict:
+    return {"api_key": fake.key_id, "secret_key": fake.secret, "url_override": fake.base_url}
+
+
+def trading(fake: FakeAlpaca, timeout: float | None = None) -> TradingClient:
+    client = TradingClient(paper=True, **_kw(fake))
+    client._retry = 0
+    if timeout:
+        client._session.request = functools.partial(client._session.request, timeout=timeout)
+    return client
+
+
+def buy(symbol: str, qty: float, cid: str | None = None, **kw) -> MarketOrderRequest:
+    return MarketOrderRequest(symbol=symbol, qty=qty, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                              client_order_id=cid, **kw)
+
+
+def bracket(symbol: str, qty: float, tp: float, sl: float, cid: str | None = None) -> MarketOrderRequest:
+    return buy(symbol, qty, cid, order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=tp),
+               stop_loss=StopLossRequest(stop_price=sl))
+
+
+@pytest.fixture
+def fake(fake_alpaca):
+    fake_alpaca.now = MONDAY_OPEN
+    for symbol, price in {"AAPL": 100.0, "MSFT": 400.0, "NVDA": 800.0}.items():
+        fake_alpaca.set_price(symbol, price, prev_close=price * 0.98)
+    return fake_alpaca
+
+
+# -- trading -----------------------------------------------------------------------------------------
+
+def test_account_clock_calendar(fake):
+    client = trading(fake)
+    account = client.get_account()
+    assert account.status == "ACTIVE" and float(account.cash) == 100_000 and float(account.equity) == 100_000
+
+    clock = client.get_clock()
+    assert clock.is_open and clock.timestamp == MONDAY_OPEN
+    assert clock.next_close == datetime(2024, 3, 4, 21, 0, tzinfo=UTC)
+    assert clock.next_open == datetime(2024, 3, 5, 14, 30, tzinfo=UTC)
+
+    fake.set_session(date(2024, 3, 4), "09:30", "13:00")  # the broker disagrees with XNYS about today
+    days = client.get_calendar(GetCalendarRequest(start=date(2024, 3, 1), end=date(2024, 3, 8)))
+    assert [d.date for d in days] == [date(2024, 3, d) for d in (1, 4, 5, 6, 7, 8)]
+    assert days[1].close == datetime(2024, 3, 4, 13, 0)  # alpaca-py: naive, exchange-local time
+    assert client.get_clock().next_close == datetime(2024, 3, 4, 18, 0, tzinfo=UTC)
+
+    fake.set_session(date(2024, 3, 4), None)  # closed today
+    fake.now = datetime(2024, 3, 2, 12, tzinfo=UTC)  # Saturday
+    assert not client.get_clock().is_open
+    assert client.get_clock().next_open == datetime(2024, 3, 5, 14, 30, tzinfo=UTC)
+
+
+def test_bad_credentials_are_401(fake):
+    client = TradingClient(api_key="wrong", secret_key="nope", paper=True, url_override=fake.base_url)
+    with pytest.raises(APIError) as e:
+        client.get_account()
+    assert e.value.status_code == 401 and e.value.code == 40110000
+
+
+def test_market_order_fills_and_updates_position_and_cash(fake):
+    client = trading(fake)
+    order = client.submit_order(buy("AAPL", 10, "entry-1"))
+    assert order.status == OrderStatus.ACCEPTED and order.client_order_id == "entry-1"  # reply precedes the fill
+    filled = client.get_order_by_client_id("entry-1")
+    assert filled.status == OrderStatus.FILLED and float(filled.filled_avg_price) == 100 and filled.filled_qty == "10"
+    assert client.get_order_by_id(order.id).id == order.id
+
+    fake.set_price("AAPL", 110.0)
+    position = client.get_open_position("AAPL")
+    assert (position.qty, position.avg_entry_price, position.unrealized_pl) == ("10", "100", "100")
+    assert [p.symbol for p in client.get_all_positions()] == ["AAPL"]
+    assert float(client.get_account().cash) == 99_000 and float(client.get_account().equity) == 100_100
+
+    close = client.close_position("AAPL", ClosePositionRequest(qty="4"))
+    assert close.side == OrderSide.SELL and close.qty == "4"
+    assert fake.positions["AAPL"]["qty"] == "6"
+    client.close_position("AAPL")
+    with pytest.raises(APIError) as e:
+        client.get_open_position("AAPL")
+    assert e.value.status_code == 404 and e.value.code == 40410000
+    assert fake.cash == 100_100
+
+
+def test_duplicate_client_order_id_is_422(fake):
+    client = trading(fake)
+    client.submit_order(buy("AAPL", 1, "same-id"))
+    with pytest.raises(APIError) as e:
+        client.submit_order(buy("AAPL", 1, "same-id"))
+    assert e.value.status_code == 422 and e.value.code == 40010001
+    assert e.value.message == "client_order_id must be unique"
+    assert len(fake.orders_by_client_id()) == 1
+
+
+def test_bracket_legs_held_then_new_and_reserve_shares(fake):
+    client = trading(fake)
+    parent = client.submit_order(bracket("AAPL", 10, tp=110, sl=95, cid="br-1"))
+    assert parent.order_class == OrderClass.BRACKET
+    assert [(leg.type.value, leg.status) for leg in parent.legs] == [("limit", "held"), ("stop", "held")]
+    parent = client.get_order_by_id(parent.id)
+    assert parent.status == "filled" and [leg.status for leg in parent.legs] == ["new", "new"]
+
+    open_nested = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=True))
+    assert open_nested == [] or all(o.id != parent.id for o in open_nested)
+    all_nested = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, nested=True))
+    assert [o.id for o in all_nested] == [parent.id] and len(all_nested[0].legs) == 2
+    open_flat = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN))
+    assert {o.id for o in open_flat} == {leg.id for leg in parent.legs}
+    assert client.get_open_position("AAPL").qty_available == "0"
+
+    with pytest.raises(APIError) as e:  # the legs hold all 10 shares
+        client.submit_order(MarketOrderRequest(symbol="AAPL", qty=10, side=OrderSide.SELL,
+                                               time_in_force=TimeInForce.DAY))
+    assert e.value.status_code == 403 and e.value.code == 40310000
+    assert e.value.message == "insufficient qty available for order (requested: 10, available: 0)"
+    with pytest.raises(APIError):
+        client.close_position("AAPL")
+
+    client.cancel_order_by_id(parent.legs[0].id)  # OCO: canceling one leg cancels the other
+    assert {fake.order(leg.id)["status"] for leg in parent.legs} == {"canceled"}
+    sell = client.submit_order(MarketOrderRequest(symbol="AAPL", qty=10, side=OrderSide.SELL,
+                                                  time_in_force=TimeInForce.DAY))
+    assert client.get_order_by_id(sell.id).status == "filled" and fake.positions == {}
+
+
+def test_stop_crossing_fills_stop_leg_and_cancels_take_profit(fake):
+    client = trading(fake)
+    parent = client.submit_order(bracket("MSFT", 5, tp=420, sl=390))
+    tp_leg, sl_leg = parent.legs
+    fake.set_price("MSFT", 395.0)
+    assert fake.order(sl_leg.id)["status"] == "new"
+    fake.set_price("MSFT", 388.5)
+    stop = client.get_order_by_id(sl_leg.id)
+    assert stop.status == "filled" and float(stop.filled_avg_price) == 388.5
+    assert client.get_order_by_id(tp_leg.id).status == "canceled"
+    assert "MSFT" not in fake.positions
+    assert fake.cash == pytest.approx(100_000 - 5 * 400 + 5 * 388.5)
+
+
+def test_replace_moves_stop_leg_and_cancel_filled_is_422(fake):
+    client = trading(fake)
+    parent = client.submit_order(bracket("NVDA", 2, tp=900, sl=760))
+    old_stop = parent.legs[1]
+    new_stop = client.replace_order_by_id(old_stop.id, ReplaceOrderRequest(stop_price=790))
+    assert new_stop.id != old_stop.id and str(new_stop.replaces) == str(old_stop.id)
+    assert float(new_stop.stop_price) == 790 and new_stop.status == "new"
+    old = client.get_order_by_id(old_stop.id)
+    assert old.status == OrderStatus.REPLACED and str(old.replaced_by) == str(new_stop.id)
+    assert [str(leg.id) for leg in client.get_order_by_id(parent.id).legs] == [str(parent.legs[0].id),
+                                                                                str(new_stop.id)]
+    fake.set_price("NVDA", 789.0)
+    assert fake.order(str(new_stop.id))["status"] == "filled"
+    with pytest.raises(APIError) as e:
+        client.cancel_order_by_id(new_stop.id)
+    assert e.value.status_code == 422 and e.value.code == 42210000
+
+
+def test_manual_and_partial_fills_and_cancel_all(fake):
+    fake.auto_fill = False
+    client = trading(fake)
+    order = client.submit_order(buy("AAPL", 10, "manual"))
+    assert fake.order("manual")["status"] == "accepted"
+    fake.fill("manual", price=100.5, qty=4)
+    got = client.get_order_by_client_id("manual")
+    assert got.status == "partially_filled" and got.filled_qty == "4" and fake.positions["AAPL"]["qty"] == "4"
+    client.cancel_order_by_id(order.id)
+    assert fake.order("manual")["status"] == "canceled"
+
+    fake.auto_fill = True
+    fake.partial_fills("MSFT", 0.5)
+    client.submit_order(buy("MSFT", 5, "half"))
+    assert fake.order("half")["filled_qty"] == "2" and fake.order("half")["status"] == "partially_filled"
+    resting = client.submit_order(LimitOrderRequest(symbol="NVDA", qty=1, side=OrderSide.BUY, limit_price=700,
+                                                    time_in_force=TimeInForce.DAY))
+    cancels = client.cancel_orders()
+    assert {str(c.id) for c in cancels} == {fake.order("half")["id"], str(resting.id)}
+    assert all(c.status == 200 for c in cancels) and fake.order("half")["status"] == "canceled"
+
+
+def test_limit_order_rests_until_price_crosses(fake):
+    client = trading(fake)
+    order = client.submit_order(LimitOrderRequest(symbol="AAPL", qty=3, side=OrderSide.BUY, limit_price=98,
+                                                  time_in_force=TimeInForce.DAY))
+    fake.set_price("AAPL", 99.0)
+    assert fake.order(str(order.id))["status"] == "accepted"
+    fake.set_price("AAPL", 97.9)
+    assert fake.order(str(order.id))["status"] == "filled" and fake.positions["AAPL"]["qty"] == "3"
+
+
+# -- failure injection ---------------------------------------------------------------------------------
+
+def test_lost_reply_applies_the_order_without_answering(fake):
+    client = trading(fake, timeout=2)
+    fake.fail("POST", "/v2/orders", "lost_reply")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        client.submit_order(buy("AAPL", 7, "lost-1"))
+    assert fake.orders_by_client_id()["lost-1"]["status"] == "filled"  # filled; the client never heard
+    with pytest.raises(APIError) as e:  # a blind retry is refused...
+        client.submit_order(buy("AAPL", 7, "lost-1"))
+    assert e.value.code == 40010001
+    assert client.get_order_by_client_id("lost-1").filled_qty == "7"  # ...so look it up instead
+
+
+def test_timeout_does_not_apply_the_order(fake):
+    fake.hold_seconds = 3
+    client = trading(fake, timeout=0.5)
+    fake.fail("POST", "/v2/orders", "timeout")
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        client.submit_order(buy("AAPL", 1, "slow-1"))
+    assert time.monotonic() - started < 2
+    assert "slow-1" not in fake.orders_by_client_id() and fake.positions == {}
+    assert client.submit_order(buy("AAPL", 1, "slow-1")).client_order_id == "slow-1"  # one-shot
+
+
+def test_429_carries_rate_limit_headers_and_counts(fake):
+    client = trading(fake)
+    fake.fail("GET", "/v2/account", "429", times=2)
+    for _ in range(2):
+        with pytest.raises(APIError) as e:
+            client.get_account()
+        assert e.value.status_code == 429 and e.value.code == 42910000
+        headers = e.value.response.headers
+        assert headers["X-RateLimit-Limit"] == "200" and headers["X-RateLimit-Remaining"] == "0"
+        assert 0 < int(headers["X-RateLimit-Reset"]) - time.time() <= 3
+    assert client.get_account().status == "ACTIVE"
+    fake.fail("*", "/v2/clock", "500")
+    with pytest.raises(APIError) as e:
+        client.get_clock()
+    assert e.value.status_code == 500
+    fake.fail("POST", "/v2/orders", "422_duplicate")
+    with pytest.raises(APIError) as e:
+        client.submit_order(buy("AAPL", 1, "never-seen"))
+    assert e.value.code == 40010001 and fake.orders_by_client_id() == {}
+    assert fake.count("GET", "/v2/account") == 3 and fake.count("GET", "/v2/clock") == 1
+    assert fake.count("POST", "/v2/orders") == 1 and fake.count(None, "/v2/") == 5
+    times = fake.request_times("/v2/account")
+    assert len(times) == 3 and times == sorted(times)
+    assert fake.requests[0].safe_headers()["apca-api-secret-key"] == "***"
+    assert fake.requests[0].key_id == fake.key_id
+
+
+# -- market data, screener, news -------------------------------------------------------------------------
+
+def test_snapshots_latest_quotes_and_trades(fake):
+    data = StockHistoricalDataClient(**_kw(fake))
+    symbols = ["AAPL", "MSFT", "NVDA", "UNKNOWN"]
+    snaps = data.get_stock_snapshot(StockSnapshotRequest(symbol_or_symbols=symbols, feed=DataFeed.IEX))
+    assert set(snaps) == {"AAPL", "MSFT", "NVDA"} and all(isinstance(s, Snapshot) for s in snaps.values())
+    aapl = snaps["AAPL"]
+    assert aapl.latest_trade.price == 100 and aapl.latest_quote.bid_price < 100 < aapl.latest_quote.ask_price
+    assert aapl.daily_bar.close == 100 and aapl.previous_daily_bar.close == 98 and aapl.minute_bar.volume > 0
+    quotes = data.get_stock_latest_quote(StockLatestQuoteRequest(symbol_or_symbols=["AAPL", "MSFT"],
+                                                                 feed=DataFeed.IEX))
+    assert isinstance(quotes["MSFT"], Quote) and quotes["MSFT"].ask_price == pytest.approx(400.01)
+    trades = data.get_stock_latest_trade(StockLatestTradeRequest(symbol_or_symbols="NVDA", feed=DataFeed.SIP))
+    assert trades["NVDA"].price == 800
+    assert fake.feeds() == ["iex", "iex", "sip"]
+
+
+def test_bars_paging_and_feed(fake):
+    data = StockHistoricalDataClient(**_kw(fake))
+    start = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
+    fake.set_bars("AAPL", [(start + timedelta(minutes=i), 100 + i, 101 + i, 99 + i, 100.5 + i, 1000 * (i + 1))
+                           for i in range(25)])
+    fake.page_size = 10
+    bars = data.get_stock_bars(StockBarsRequest(symbol_or_symbols=["AAPL", "MSFT"], timeframe=TimeFrame.Minute,
+                                                start=start, end=start + timedelta(minutes=20), feed=DataFeed.IEX))
+    assert isinstance(bars, BarSet)
+    assert len(bars["AAPL"]) == 21 and bars["AAPL"][3].open == 103 and bars["AAPL"][3].volume == 4000
+    assert len(bars["MSFT"]) == 20 and {b.close for b in bars["MSFT"]} == {400}  # synthesised, flat
+    assert bars["MSFT"][0].timestamp == start
+    bar_requests = [r for r in fake.requests if r.path == "/v2/stocks/bars"]
+    assert len(bar_requests) == 5 and {r.feed for r in bar_requests} == {"iex"}
+    assert "page_token" not in bar_requests[0].query and "page_token" in bar_requests[1].query
+
+    limited = data.get_stock_bars(StockBarsRequest(symbol_or_symbols="AAPL", timeframe=TimeFrame.Minute,
+                                                   start=start, limit=12, feed=DataFeed.IEX))
+    assert len(limited["AAPL"]) == 12
+
+
+def test_screener_and_news(fake):
+    screener = ScreenerClient(**_kw(fake))
+    actives = screener.get_most_actives(MostActivesRequest(by=MostActivesBy.VOLUME, top=2))
+    assert len(actives.most_actives) == 2 and fake.requests[-1].query == {"by": "volume", "top": "2"}
+    fake.set_most_actives([("TSLA", 9e7, 8e5), ("AMD", 5e7, 4e5), ("F", 7e7, 1e5)])
+    top = screener.get_most_actives(MostActivesRequest(by=MostActivesBy.VOLUME, top=2)).most_actives
+    assert [a.symbol for a in top] == ["TSLA", "F"]
+    by_trades = screener.get_most_actives(MostActivesRequest(by=MostActivesBy.TRADES, top=2)).most_actives
+    assert [a.symbol for a in by_trades] == ["TSLA", "AMD"]
+    fake.set_price("MSFT", 380.0)  # -3% vs prev_close 392
+    movers = screener.get_market_movers(MarketMoversRequest(top=5))
+    assert {m.symbol for m in movers.gainers} == {"AAPL", "NVDA"} and [m.symbol for m in movers.losers] == ["MSFT"]
+    fake.set_movers(gainers=[("SMCI", 21.5, 150.2, 849.0)], losers=[])
+    assert screener.get_market_movers(MarketMoversRequest(top=5)).gainers[0].percent_change == 21.5
+    assert fake.count("GET", "/v1beta1/screener/stocks/movers") == 2
+
+    news = NewsClient(**_kw(fake))
+    for i in range(3):
+        fake.add_news("AAPL", f"Apple headline {i}", summary="s", created_at=MONDAY_OPEN - timedelta(hours=3 - i))
+    fake.add_news(["MSFT", "NVDA"], "Chips and clouds")
+    got = news.get_news(NewsRequest(symbols="AAPL,NVDA", limit=10))
+    headlines = [n.headline for n in got.data["news"]]
+    assert headlines == ["Chips and clouds", "Apple headline 2", "Apple headline 1", "Apple headline 0"]
+    assert got.data["news"][1].symbols == ["AAPL"] and got.data["news"][1].created_at.tzinfo is not None
+    fake.page_size = 2
+    assert len(news.get_news(NewsRequest(symbols="AAPL")).data["news"]) == 3  # paged 2 + 1
+    assert fake.requests[-1].query["page_token"]
