@@ -23,5 +23,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+bench: $(STAMP)
+	$(VENV)/bin/python bench/bench_monitor_cycle.py
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis
