@@ -95,9 +95,12 @@ def resolve(broker, client_order_id: str) -> BrokerOrderReport | None:
         return None
 
 
-def submit(rt, request: OrderRequest, *, wait: float = FILL_WAIT_SECONDS) -> BrokerOrderReport:
+def submit(rt, request: OrderRequest, *, wait: float = FILL_WAIT_SECONDS,
+           accept_partial: bool = False) -> BrokerOrderReport:
     """Submit once and follow the order until it fills or reaches a final state.
 
+    With ``accept_partial`` an order still partially filled after ``wait`` has its remainder
+    cancelled and is returned with what did fill (entries take what the market gave).
     Raises :class:`OrderPending` when the outcome is unknown and the broker cannot confirm it
     yet, or when the order is still working after ``wait`` seconds.
     """
@@ -112,7 +115,13 @@ def submit(rt, request: OrderRequest, *, wait: float = FILL_WAIT_SECONDS) -> Bro
             raise OrderPending(f"order {request.client_order_id}: outcome unknown, will resolve by client id") from None
         log.info("order_resolved", client_order_id=request.client_order_id, status=report.status)
     report = follow(broker, report, wait)
+    if accept_partial and report.status == "partially_filled" and report.broker_order_id:
+        log.warning("order_partially_filled", client_order_id=request.client_order_id, filled=report.filled_qty,
+                    ordered=report.qty)
+        report = follow(broker, broker.cancel_order(report.broker_order_id) or report, wait)
     record(report, rt.clock.now())
+    if accept_partial and report.is_final and report.filled_qty > 0:
+        return report
     if not report.is_filled and not report.is_final:
         raise OrderPending(f"order {request.client_order_id} is {report.status} at the broker")
     return report

@@ -100,12 +100,12 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
     now = rt.clock.now()
     ensure_order(client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty, cycle_id=cycle_id, now=now)
     legs = {"stop_loss_price": stop, "take_profit_price": target} if rt.broker.supports_legs else {}
-    report = orders.submit(rt, OrderRequest(client_order_id, symbol, "buy", qty, **legs))
+    report = orders.submit(rt, OrderRequest(client_order_id, symbol, "buy", qty, **legs), accept_partial=True)
     with session_scope() as s:
         order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
         if order.position_id is not None:
             return s.get(Position, order.position_id)
-        if not report.is_filled:
+        if report.filled_qty <= 0 or report.filled_avg_price is None:
             record_decision(s, kind="entry", action="skip", reason=f"order_{report.status}", symbol=symbol,
                             cycle_id=cycle_id, decided_at=now, worker=worker, details={"broker_reason": report.reason})
             raise BadInput(f"entry order for {symbol} was {report.status}: {report.reason}")
@@ -115,7 +115,7 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
         record_decision(s, kind="entry", action="enter", reason=reason, symbol=symbol, position_id=position.id,
                         cycle_id=cycle_id, decided_at=now, worker=worker,
                         details={"qty": qty, "price": report.filled_avg_price, "legs": len(report.legs)})
-        record_activity(s, "position_opened", now, position_id=position.id, symbol=symbol, qty=qty,
+        record_activity(s, "position_opened", now, position_id=position.id, symbol=symbol, qty=position.qty,
                         entry_price=position.entry_price, stop=position.stop_loss_price, target=position.take_profit_price)
     log.info("position_opened", position_id=position.id, symbol=symbol, qty=qty, entry_price=position.entry_price,
              stop=position.stop_loss_price, target=position.take_profit_price, client_order_id=client_order_id,

@@ -39,12 +39,8 @@ class CatalystTask(Task):
 
 
 def positive_int(value, what: str) -> int:
-    """Task arguments arrive as JSON: insist on a real positive integer id."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        try:
-            if isinstance(value, str) and value.isdigit() and int(value) > 0:
-                return int(value)
-        except ValueError:
-            pass
+    """Task arguments arrive as JSON: insist on a real positive integer id (digit strings allowed)."""
+    number = int(value) if isinstance(value, str) and value.isdigit() else value
+    if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
         raise BadInput(f"{what} must be a positive integer, got {value!r}")
-    return value
+    return number

@@ -224,3 +224,13 @@ def test_keys_never_reach_logs_errors_or_decisions(fake, market, capfd):
     out, err = capfd.readouterr()
     for text in [*stored, out, err, repr(get_runtime().settings)]:
         assert fake.secret not in text
+
+
+def test_a_partially_filled_entry_opens_what_filled_and_cancels_the_rest(fake, market):
+    fake.partial_fills("ACME", 0.6)
+    position = open_acme(qty=10)
+    assert position.qty == 6
+    entry = position_orders(position.id)["entry"]
+    assert (entry.status, entry.filled_qty) == ("canceled", 6)
+    assert fake.order("entry-c1-ACME")["status"] == "canceled"
+    assert float(fake.positions["ACME"]["qty"]) == position.qty  # the database and the broker agree
