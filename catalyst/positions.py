@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import select, update
 
 from catalyst import hooks, orders
-from catalyst.brokers.base import BrokerOrderReport, OrderRequest
+from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position, Security
 from catalyst.domain import BadInput, require_price
@@ -40,8 +40,13 @@ class UnknownPosition(BadInput):
     pass
 
 
-def exit_client_order_id(position_id: int) -> str:
-    return f"exit-p{position_id}"
+MAX_EXIT_ORDERS = 10  # a partial fill leaves a remainder; this many sells in all before an operator must look
+EXIT_ATTEMPTS_PER_RUN = 3
+
+
+def exit_client_order_id(position_id: int, attempt: int = 1) -> str:
+    """``exit-p<id>``; a follow-up sell for what a partial fill left over is ``exit-p<id>-<n>``."""
+    return f"exit-p{position_id}" if attempt == 1 else f"exit-p{position_id}-{attempt}"
 
 
 def entry_client_order_id(cycle_id: int, symbol: str) -> str:
@@ -100,7 +105,8 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
     now = rt.clock.now()
     ensure_order(client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty, cycle_id=cycle_id, now=now)
     legs = {"stop_loss_price": stop, "take_profit_price": target} if rt.broker.supports_legs else {}
-    report = orders.submit(rt, OrderRequest(client_order_id, symbol, "buy", qty, **legs), accept_partial=True)
+    report = orders.submit(rt, OrderRequest(client_order_id, symbol, "buy", qty, **legs), accept_partial=True,
+                           wait=rt.settings.fill_wait_seconds)
     with session_scope() as s:
         order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
         if order.position_id is not None:
@@ -180,16 +186,56 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
     if filled_leg is not None:
         reason = "stop_loss" if filled_leg.leg_purpose == "stop" else "take_profit"
         return _close(rt, position_id, filled_leg, worker, reason=reason)
-    client_order_id = exit_client_order_id(position_id)
-    ensure_order(client_order_id, symbol=symbol, side="sell", purpose="exit", qty=qty, now=rt.clock.now(),
-                 position_id=position_id)
-    log.info("exit_submitted", position_id=position_id, symbol=symbol, qty=qty, client_order_id=client_order_id)
-    report = orders.submit(rt, OrderRequest(client_order_id, symbol, "sell", qty))
-    hooks.pause("exit_after_submit")
-    if not report.is_filled:
-        log.warning("exit_not_filled", position_id=position_id, status=report.status, reason=report.reason)
-        with session_scope() as s:
-            return s.get(Position, position_id)
+    for _ in range(EXIT_ATTEMPTS_PER_RUN):
+        attempt, sold, remaining = _exit_progress(position_id, qty)
+        if remaining <= 1e-9:
+            return _close_from_exit_orders(rt, position_id, worker)
+        if attempt > MAX_EXIT_ORDERS:
+            raise BrokerError(f"position {position_id}: {MAX_EXIT_ORDERS} exit orders sent and {remaining:g} "
+                              "shares still held; needs an operator")
+        client_order_id = exit_client_order_id(position_id, attempt)
+        ensure_order(client_order_id, symbol=symbol, side="sell", purpose="exit", qty=remaining,
+                     now=rt.clock.now(), position_id=position_id)
+        log.info("exit_submitted", position_id=position_id, symbol=symbol, qty=remaining,
+                 client_order_id=client_order_id)
+        report = orders.submit(rt, OrderRequest(client_order_id, symbol, "sell", remaining), accept_partial=True,
+                               wait=rt.settings.fill_wait_seconds)
+        hooks.pause("exit_after_submit")
+        if report.filled_qty <= 0:
+            log.warning("exit_not_filled", position_id=position_id, status=report.status, reason=report.reason)
+            break
+    if _exit_progress(position_id, qty)[2] <= 1e-9:
+        return _close_from_exit_orders(rt, position_id, worker)
+    raise orders.OrderPending(f"position {position_id}: exit not complete yet; the rest is sold on the next run")
+
+
+FINISHED = ("filled", "canceled", "expired", "rejected", "done_for_day")
+
+
+def _exit_progress(position_id: int, qty: float) -> tuple[int, float, float]:
+    """(attempt number to use, shares sold so far, shares left) from the position's exit orders.
+
+    The last order still working (or unknown) is resumed under its own client id; only once it
+    has finished does a remainder get a new one. A rerun after a crash computes the same answer.
+    """
+    with session_scope() as s:
+        exits = s.scalars(select(Order).where(Order.position_id == position_id, Order.purpose == "exit")
+                          .order_by(Order.id)).all()
+        sold = sum(o.filled_qty or 0.0 for o in exits)
+        resume = bool(exits) and exits[-1].status not in FINISHED
+    return (len(exits) if resume else len(exits) + 1), sold, qty - sold
+
+
+def _close_from_exit_orders(rt: Runtime, position_id: int, worker: str | None) -> Position:
+    """Close at the volume-weighted price of every exit fill (one order, or a partial plus follow-ups)."""
+    with session_scope() as s:
+        fills = [(o.filled_qty, o.filled_avg_price, o.filled_at, o.client_order_id) for o in s.scalars(
+            select(Order).where(Order.position_id == position_id, Order.purpose == "exit").order_by(Order.id))
+            if o.filled_qty and o.filled_avg_price is not None]
+    qty = sum(f[0] for f in fills)
+    price = sum(f[0] * f[1] for f in fills) / qty
+    last = fills[-1]
+    report = BrokerOrderReport("", last[3], "", "sell", qty, "filled", qty, round(price, 6), last[2])
     return _close(rt, position_id, report, worker)
 
 

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     alpaca_feed: Literal["iex", "sip", "delayed_sip", "otc"] = Field(default="iex", validation_alias="ALPACA_FEED")
     alpaca_timeout: float = Field(default=10.0, gt=0, le=60, validation_alias="ALPACA_TIMEOUT")
     alpaca_rate_limit: int = Field(default=200, gt=0, validation_alias="ALPACA_RATE_LIMIT")
+    fill_wait_seconds: float = Field(default=10.0, gt=0, le=120, validation_alias="CATALYST_FILL_WAIT_SECONDS")
     alpaca_rate_window: float = Field(default=60.0, gt=0, validation_alias="ALPACA_RATE_WINDOW_SECONDS")
 
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)

@@ -234,3 +234,22 @@ def test_a_partially_filled_entry_opens_what_filled_and_cancels_the_rest(fake, m
     assert (entry.status, entry.filled_qty) == ("canceled", 6)
     assert fake.order("entry-c1-ACME")["status"] == "canceled"
     assert float(fake.positions["ACME"]["qty"]) == position.qty  # the database and the broker agree
+
+
+def test_a_partially_filled_exit_sells_the_rest_under_a_new_client_id(fake, market):
+    position = open_acme(qty=10)
+    request_exit(get_runtime(), position.id, "manual")
+    fake.partial_fills("ACME", 0.5)  # every market sell fills about half of what it asks for
+    with pytest.raises(OrderPending):
+        execute_exit(get_runtime(), position.id)  # three sells this run, the rest next run
+    exits = query(lambda s: s.scalars(select(Order).where(Order.purpose == "exit").order_by(Order.id)).all())
+    assert [o.client_order_id for o in exits] == [f"exit-p{position.id}", f"exit-p{position.id}-2",
+                                                  f"exit-p{position.id}-3"]
+    sold = sum(o.filled_qty for o in exits)
+    assert 0 < sold < 10 and all(o.status == "canceled" and o.filled_qty > 0 for o in exits)
+    assert float(fake.positions["ACME"]["qty"]) == pytest.approx(10 - sold)  # broker and database agree
+    assert query(lambda s: s.get(Position, position.id)).status == "closing"
+    fake.partial_fills("ACME", None)
+    closed = execute_exit(get_runtime(), position.id)  # the retry sells what is left, once
+    assert (closed.status, closed.exit_price) == ("closed", 100.0)
+    assert "ACME" not in fake.positions
