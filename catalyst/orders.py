@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from catalyst import hooks
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderOutcomeUnknown, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order
@@ -95,8 +96,8 @@ def resolve(broker, client_order_id: str) -> BrokerOrderReport | None:
         return None
 
 
-def submit(rt, request: OrderRequest, *, wait: float = FILL_WAIT_SECONDS,
-           accept_partial: bool = False) -> BrokerOrderReport:
+def submit(rt, request: OrderRequest, *, wait: float = FILL_WAIT_SECONDS, accept_partial: bool = False,
+           pause_point: str | None = None) -> BrokerOrderReport:
     """Submit once and follow the order until it fills or reaches a final state.
 
     With ``accept_partial`` an order still partially filled after ``wait`` has its remainder
@@ -114,6 +115,8 @@ def submit(rt, request: OrderRequest, *, wait: float = FILL_WAIT_SECONDS,
         if report is None:
             raise OrderPending(f"order {request.client_order_id}: outcome unknown, will resolve by client id") from None
         log.info("order_resolved", client_order_id=request.client_order_id, status=report.status)
+    if pause_point:
+        hooks.pause(pause_point)  # tests kill the worker here: at the broker, not yet in our books
     report = follow(broker, report, wait)
     if accept_partial and report.status == "partially_filled" and report.broker_order_id:
         log.warning("order_partially_filled", client_order_id=request.client_order_id, filled=report.filled_qty,

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import select, update
 
-from catalyst import hooks, orders
+from catalyst import orders
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position, Security
@@ -199,8 +199,7 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
         log.info("exit_submitted", position_id=position_id, symbol=symbol, qty=remaining,
                  client_order_id=client_order_id)
         report = orders.submit(rt, OrderRequest(client_order_id, symbol, "sell", remaining), accept_partial=True,
-                               wait=rt.settings.fill_wait_seconds)
-        hooks.pause("exit_after_submit")
+                               wait=rt.settings.fill_wait_seconds, pause_point="exit_after_submit")
         if report.filled_qty <= 0:
             log.warning("exit_not_filled", position_id=position_id, status=report.status, reason=report.reason)
             break

@@ -40,6 +40,9 @@ def test_stop_loss_exits_once_when_worker_killed_mid_exit(pg_redis_env, stack, t
     position = query(lambda s: s.get(Position, position_id))
     assert position.status == "closing" and position.exit_reason == "stop_loss"
     assert query(lambda s: s.scalar(select(func.count()).select_from(PaperOrder).where(PaperOrder.side == "sell"))) == 1
+    (exit_row,) = query(lambda s: s.scalars(select(Order).where(Order.position_id == position_id,
+                                                                 Order.purpose == "exit")).all())
+    assert exit_row.status == "pending_submit"  # the broker sold; our books had not heard yet
 
     stack.worker(name="survivor", env_extra={"CATALYST_TEST_PAUSE": ""})
     closed = wait_for(lambda: query(lambda s: (p := s.get(Position, position_id)).status == "closed" and p), 60,
