@@ -9,6 +9,7 @@ signals and their numbers, and refreshes ``position_monitor_status``.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -65,7 +66,7 @@ def shared_indicators(rt: Runtime, symbol: str, slot: datetime, now: datetime, w
     found = _snapshot(symbol, slot)
     if found is not None:
         return found
-    holder = f"{worker}:{id(object())}"
+    holder = f"{worker}:{uuid.uuid4().hex[:12]}"
     name = f"indicators:{symbol}:{slot.isoformat()}"
     if leases.acquire(name, holder, ttl=30) is None:
         deadline = time.monotonic() + INDICATOR_WAIT_SECONDS

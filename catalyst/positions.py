@@ -247,7 +247,7 @@ def _clear_legs(rt: Runtime, position_id: int) -> BrokerOrderReport | None:
     if not working:
         return None
     broker, now = rt.broker, rt.clock.now()
-    current = [broker.get_order_by_id(oid) or None for oid, _ in working]
+    current = [broker.get_order_by_id(oid) for oid, _ in working]
     for report in filter(None, current):
         _record_leg_state(report, now)
         if report.is_filled:

@@ -117,6 +117,11 @@ class _Waiter:
     """
 
     _local: threading.local
+    burst: int
+
+    def acquire(self, cost: int = 1, timeout: float | None = None) -> float:
+        _check_cost(cost, self.burst)
+        return self._acquire(cost, timeout)
 
     def _reserve(self, cost: int, max_wait: float | None) -> tuple[bool, float, float]:
         raise NotImplementedError
@@ -250,10 +255,6 @@ class RedisTokenBucket(_Waiter):
             args=[self._window_us, self.rate, self._burst_window_us, self.burst, cost, max_wait_us])
         return bool(reserved), int(wait_us) / 1_000_000, int(slot_us) / 1_000_000
 
-    def acquire(self, cost: int = 1, timeout: float | None = None) -> float:
-        _check_cost(cost, self.burst)
-        return self._acquire(cost, timeout)
-
     def pause_until(self, epoch_seconds: float) -> None:
         if not math.isfinite(epoch_seconds):
             raise ValueError(f"pause_until needs a finite epoch, got {epoch_seconds!r}")
@@ -300,10 +301,6 @@ class LocalTokenBucket(_Waiter):
                 return False, wait, at
             log.extend([at] * cost)
             return True, wait, at
-
-    def acquire(self, cost: int = 1, timeout: float | None = None) -> float:
-        _check_cost(cost, self.burst)
-        return self._acquire(cost, timeout)
 
     def pause_until(self, epoch_seconds: float) -> None:
         if not math.isfinite(epoch_seconds):

@@ -46,6 +46,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.local_server import LocalServer
+
 UTC = timezone.utc
 NY = ZoneInfo("America/New_York")
 FAILURE_KINDS = ("timeout", "lost_reply", "429", "500", "422_duplicate")
@@ -156,7 +158,8 @@ def _xnys_sessions() -> dict[date, tuple[datetime, datetime]]:
     return {ts.date(): (o.to_pydatetime(), c.to_pydatetime()) for ts, o, c in zip(sched.index, sched.open, sched.close)}
 
 
-class FakeAlpaca:
+class FakeAlpaca(LocalServer):
+    thread_name = "fake-alpaca"
     def __init__(self, key_id: str = "PKFAKE0000000000TEST", secret: str = "fake-secret-key", *,
                  cash: float = 100_000.0,
                  now: datetime | None = None, auto_fill: bool = True, reply_before_fill: bool = True,
@@ -330,12 +333,6 @@ class FakeAlpaca:
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
     def start(self) -> FakeAlpaca:
         fake = self
 
@@ -374,25 +371,7 @@ class FakeAlpaca:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up
                     pass
 
-        self._stopping.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         name="fake-alpaca", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeAlpaca:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self._serve(Handler)
 
     # -- serving -------------------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from tests.local_server import LocalServer
+
 ACTIONS = ("exit", "hold", "missing_reason", "text_only", "rate_limit", "server_error", "slow")
 
 
@@ -53,7 +55,8 @@ class RecordedRequest:
 
 
 @dataclass
-class FakeAnthropic:
+class FakeAnthropic(LocalServer):
+    thread_name = "fake-anthropic"
     default: Any = "hold"
     slow_seconds: float = 5.0
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 412, "output_tokens": 37})
@@ -64,7 +67,6 @@ class FakeAnthropic:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- control -------------------------------------------------------------------------------------
 
@@ -80,12 +82,6 @@ class FakeAnthropic:
     def calls(self) -> int:
         with self._lock:
             return len(self.requests)
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     def start(self) -> FakeAnthropic:
         fake = self
@@ -123,25 +119,7 @@ class FakeAnthropic:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
                     pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-anthropic", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeAnthropic:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self._serve(Handler)
 
     # -- serving -------------------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ class CatalystScheduler(Scheduler):
         for row in rows:
             if row.next_run_at is not None and row.next_run_at <= now:
                 self._fire(row, now)
-        return self._sleep_until_next(now)
+        return self._sleep_until_next(rows, now)
 
     def close(self) -> None:
         if self.token is not None:
@@ -115,6 +115,7 @@ class CatalystScheduler(Scheduler):
         if now - slot > interval:  # beat was away: skip to the current slot instead of replaying history
             slot = cal.latest_slot(now, interval)
         following = cal.next_slot(max(now, slot) if slot else now, interval)
+        row.next_run_at = following  # what the sleep below plans with (the next tick re-reads the table)
         fence = leases.fence_clause(LEASE, self.holder, self.token)
         with session_scope() as s:
             if slot is None:
@@ -134,13 +135,13 @@ class CatalystScheduler(Scheduler):
                            expires=expires, headers={"catalyst_slot": slot.isoformat(), "catalyst_entry": row.name})
         log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), fence=self.token)
 
-    def _sleep_until_next(self, now: datetime) -> float:
-        with session_scope() as s:
-            nxt = s.scalar(select(ScheduleEntry.next_run_at).order_by(ScheduleEntry.next_run_at).limit(1))
+    def _sleep_until_next(self, rows: list[ScheduleEntry], now: datetime) -> float:
+        """Sleep until the earliest next slot of the entries this tick already loaded."""
         cap = self.max_interval or 1.0
-        if nxt is None:
+        upcoming = [r.next_run_at for r in rows if r.next_run_at is not None]
+        if not upcoming:
             return cap
-        return max(MIN_SLEEP, min(cap, self.rt.clock.wall_seconds((nxt - now).total_seconds())))
+        return max(MIN_SLEEP, min(cap, self.rt.clock.wall_seconds((min(upcoming) - now).total_seconds())))
 
     def _heartbeat(self, status: str) -> None:
         interval = self.rt.settings.heartbeat_interval
