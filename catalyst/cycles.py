@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Decision, Position, ScanResult, Security, TradingCycle
-from catalyst.positions import entry_client_order_id
+from catalyst.entries import entry_client_order_id
 from catalyst.records import record_decision, wall_now
 from catalyst.runtime import Runtime, is_halted
 from catalyst.domain import BadInput

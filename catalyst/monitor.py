@@ -23,7 +23,8 @@ from catalyst.db.models import IndicatorSnapshot, Position, PositionMonitorStatu
 from catalyst.exits import ExitAssessment, HeldPosition, MarketFacts, assess_exit
 from catalyst.indicators import compute as compute_indicators
 from catalyst.brokers.base import BrokerError
-from catalyst.positions import RECENT_VOLUME_BARS, UnknownPosition, raise_stop, recent_volume, request_exit
+from catalyst.positions import RECENT_VOLUME_BARS, UnknownPosition, recent_volume, request_exit
+from catalyst.protection import raise_stop
 from catalyst.records import bump, record_decision, wall_now
 from catalyst.runtime import Runtime
 

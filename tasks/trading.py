@@ -8,7 +8,7 @@ from catalyst.celery import app
 from catalyst.cycles import evaluate_cycle, scan
 from catalyst.domain import BadInput
 from catalyst.orders import OrderPending
-from catalyst.positions import open_position
+from catalyst.entries import open_position
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask, positive_int
 

@@ -13,7 +13,8 @@ from catalyst.clock import ManualClock
 from catalyst.db.models import Order, Position
 from catalyst.monitor import check_position
 from catalyst.orders import OrderPending
-from catalyst.positions import execute_exit, exit_client_order_id, open_position, request_exit
+from catalyst.entries import open_position
+from catalyst.positions import execute_exit, exit_client_order_id, request_exit
 from catalyst.runtime import build_runtime, get_runtime, use_runtime
 from catalyst.settings import get_settings
 from tests.alpaca_support import START, alpaca_env, alpaca_market

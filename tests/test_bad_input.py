@@ -163,7 +163,7 @@ def tasks_env(pg_url, tmp_path):
     env = {"DATABASE_URL": pg_url, "CATALYST_VAR_DIR": str(tmp_path / "var"), "CATALYST_MARKET_DATA": f"replay:{csv}",
            "CATALYST_CLOCK": CLOCK}
     with environment(env):
-        from catalyst.positions import open_position
+        from catalyst.entries import open_position
         from catalyst.runtime import get_runtime
 
         position = open_position(get_runtime(), symbol="TEST", qty=5, client_order_id="entry-bad-input-1")

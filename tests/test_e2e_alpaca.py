@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from catalyst.db.models import Order, Position, ScheduleEntry
-from catalyst.positions import open_position
+from catalyst.entries import open_position
 from catalyst.processes import spawn_worker
 from catalyst.runtime import get_runtime
 from tests.alpaca_support import EST, alpaca_env, alpaca_market

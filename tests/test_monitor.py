@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from catalyst.db.models import Decision, IndicatorSnapshot, Order, Position, PositionMonitorStatus
 from catalyst.monitor import check_position
-from catalyst.positions import open_position
+from catalyst.entries import open_position
 from catalyst.runtime import get_runtime
 from tests.fake_anthropic import FakeAnthropic
 from tests.support import environment, query, write_replay_csv

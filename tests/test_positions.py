@@ -33,13 +33,8 @@ from catalyst.db.models import (
 )
 from catalyst.domain import BadInput
 from catalyst.monitor import check_position
-from catalyst.positions import (
-    UnknownPosition,
-    execute_exit,
-    exit_client_order_id,
-    open_position,
-    request_exit,
-)
+from catalyst.entries import open_position
+from catalyst.positions import UnknownPosition, execute_exit, exit_client_order_id, request_exit
 from catalyst.runtime import get_runtime
 from tests.support import environment, query, write_replay_csv
 
