@@ -7,6 +7,8 @@
   skipped to the next in-session one rather than deferred to the open.
 - Each slot is claimed with a conditional UPDATE fenced by the lease token, so even two
   beats that both think they lead cannot enqueue the same slot twice.
+- A claimed slot is sent or released, never lost: if the send fails the claim is handed back
+  and the next tick (ours or a new leader's) sends it; one failed send never stops the tick.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -34,12 +37,23 @@ LEASE = "beat"
 MIN_SLEEP = 0.02
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A slot this beat claimed in ``schedule_entries``, with what the row said before the claim."""
+
+    entry: str
+    slot: datetime
+    previous_slot: datetime | None
+    previous_sent_at: datetime | None
+
+
 class CatalystScheduler(Scheduler):
     def __init__(self, *args, **kwargs):
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.service = f"beat@{socket.gethostname()}:{os.getpid()}"
         self.token: int | None = None
         self._last_heartbeat = 0.0
+        self._unreleased: dict[str, Claim] = {}  # claims whose release could not be written yet
         self.rt = None
         super().__init__(*args, **kwargs)
 
@@ -62,6 +76,7 @@ class CatalystScheduler(Scheduler):
             log.info("beat_active" if token else "beat_standby", holder=self.holder, fence=token)
             self.token = token
         self._heartbeat("active" if token else "standby")
+        self._retry_releases()  # even as standby: a slot we claimed but never sent belongs to the leader
         if token is None:
             return min(1.0, settings.beat_lease_seconds / 4)
         now = self.rt.clock.now()
@@ -130,10 +145,58 @@ class CatalystScheduler(Scheduler):
             ).rowcount == 1
         if not claimed:
             return
+        claim = Claim(row.name, slot, row.last_slot_at, row.last_sent_at)
+        try:
+            self._send(row, slot)
+        except Exception as exc:  # noqa: BLE001 - whatever the broker raised, the slot must not be lost
+            log.warning("schedule_slot_send_failed", entry=row.name, task=row.task, slot=slot.isoformat(),
+                        fence=self.token, error=f"{type(exc).__name__}: {exc}")
+            self._release(claim)
+            return
+        log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), fence=self.token)
+
+    def _send(self, row: ScheduleEntry, slot: datetime) -> None:
+        """Enqueue one slot of ``row``.
+
+        A send that raises although Redis took the message (the reply was lost) is released and
+        sent again: that duplicate is harmless, a lost slot is not. ``monitor_position`` holds a
+        per-position lease (never two checks at once; exits are exactly-once by themselves) and
+        ``scan`` returns the existing cycle for a slot it has already scanned (``slot_at`` is unique).
+        """
         expires = max(10.0, self.rt.clock.wall_seconds(row.interval_seconds) * 2)
         self.app.send_task(row.task, args=list(row.args), kwargs={"slot": slot.isoformat()}, queue=row.queue,
                            expires=expires, headers={"catalyst_slot": slot.isoformat(), "catalyst_entry": row.name})
-        log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), fence=self.token)
+
+    def _release(self, claim: Claim) -> None:
+        """Hand an unsent slot back so that the next tick, ours or a new leader's, sends it.
+
+        Conditional on the row still carrying this claim (``last_slot_at == slot``): only this beat
+        ever claimed that slot and claims only move forward, so the release can never undo anyone
+        else's claim. It is deliberately not fenced by the lease: a beat whose lease ran out while the
+        send hung must still hand the slot back, or the new leader (which sees it claimed) skips it.
+        If the release cannot be written either (PostgreSQL blipped too) it is retried every tick.
+        """
+        try:
+            with session_scope() as s:
+                released = s.execute(
+                    update(ScheduleEntry)
+                    .where(ScheduleEntry.name == claim.entry, ScheduleEntry.last_slot_at == claim.slot)
+                    .values(last_slot_at=claim.previous_slot, last_sent_at=claim.previous_sent_at,
+                            next_run_at=claim.slot, total_sent=ScheduleEntry.total_sent - 1,
+                            updated_at=datetime.now(UTC))
+                ).rowcount == 1
+        except Exception as exc:  # noqa: BLE001 - kept and retried next tick; must not stop this one
+            self._unreleased[claim.entry] = claim
+            log.error("schedule_slot_release_failed", entry=claim.entry, slot=claim.slot.isoformat(),
+                      error=f"{type(exc).__name__}: {exc}")
+            return
+        self._unreleased.pop(claim.entry, None)
+        log.info("schedule_slot_released", entry=claim.entry, slot=claim.slot.isoformat(), released=released)
+
+    def _retry_releases(self) -> None:
+        """Write the releases an earlier tick could not (safe at any time: each is conditional)."""
+        for claim in list(self._unreleased.values()):
+            self._release(claim)
 
     def _sleep_until_next(self, rows: list[ScheduleEntry], now: datetime) -> float:
         """Sleep until the earliest next slot of the entries this tick already loaded."""

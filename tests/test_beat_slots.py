@@ -1,0 +1,212 @@
+"""A claimed beat slot is sent or released, never lost.
+
+A real ``CatalystScheduler`` is ticked in-process on a manual clock against real PostgreSQL (its
+lease and ``schedule_entries``) and a real Redis broker. Broker failures are injected at the send
+boundary (``app.send_task`` raises the way kombu does when Redis blips); a PostgreSQL outage is real
+(the test database stops accepting connections).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
+
+import psycopg
+import pytest
+from celery import Celery
+from kombu.exceptions import OperationalError
+from sqlalchemy import select
+from structlog.testing import capture_logs
+
+from catalyst.clock import ManualClock
+from catalyst.db.models import Lease, ScheduleEntry
+from catalyst.runtime import build_runtime, use_runtime
+from catalyst.settings import get_settings
+from tests.support import PG_ADMIN, environment, query, queued_messages, seed_position
+from workers.scheduler import LEASE, CatalystScheduler
+
+EST = timezone(timedelta(hours=-5))
+DAY = datetime(2025, 3, 4, tzinfo=EST)  # a Tuesday: 15-minute slots from the 09:30 open
+
+
+def at(hour: int, minute: int) -> datetime:
+    return DAY.replace(hour=hour, minute=minute).astimezone(UTC)
+
+
+@pytest.fixture
+def clock(tmp_path, pg_url, redis_url):
+    """Real PostgreSQL + Redis settings and a runtime whose market time moves only when the test says."""
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
+           "CATALYST_SCAN_INTERVAL": "900", "MONITOR_CHECK_INTERVAL": "900", "CATALYST_BEAT_LEASE_SECONDS": "20"}
+    with environment(env):
+        manual = ManualClock(at(10, 15))
+        use_runtime(build_runtime(get_settings(), manual))
+        yield manual
+
+
+@pytest.fixture
+def app(clock, redis_url):
+    """A Celery app configured like production (celeryconfig's queues and routes), on the test Redis."""
+    import celeryconfig
+
+    celery_app = Celery("catalyst-beat-test", set_as_current=False)
+    celery_app.config_from_object(celeryconfig)
+    celery_app.conf.update(broker_url=redis_url, broker_transport=None,
+                           broker_transport_options={"visibility_timeout": 600})
+    yield celery_app
+    celery_app.close()
+
+
+class FlakySend:
+    """Wraps the real ``send_task``: the next ``failures`` calls raise instead of publishing."""
+
+    def __init__(self, app: Celery, before_raise=None):
+        self.real = app.send_task
+        self.failures = 0
+        self.failed: list[str] = []
+        self.before_raise = before_raise
+        app.send_task = self
+
+    def __call__(self, name, *args, **kwargs):
+        if self.failures:
+            self.failures -= 1
+            self.failed.append(kwargs["headers"]["catalyst_entry"])
+            if self.before_raise:
+                self.before_raise()
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return self.real(name, *args, **kwargs)
+
+
+def entry(name: str) -> ScheduleEntry:
+    return query(lambda s: s.get(ScheduleEntry, name))
+
+
+def sent_slots(redis_url: str, queue: str) -> Counter:
+    return Counter((m["headers"]["catalyst_entry"], m["headers"]["catalyst_slot"])
+                   for m in queued_messages(redis_url, queue))
+
+
+def failures(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["event"] == "schedule_slot_send_failed"]
+
+
+def test_a_slot_whose_send_fails_is_released_and_sent_on_the_next_tick(clock, app, redis_url):
+    beat = CatalystScheduler(app=app)
+    flaky = FlakySend(app)
+    try:
+        beat.tick()  # 10:15: the scan goes out
+        assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}
+
+        clock.set(at(10, 30))
+        flaky.failures = 1
+        with capture_logs() as events:
+            beat.tick()  # must not raise: the 10:30 send fails at the broker
+        (failed,) = failures(events)
+        assert failed["entry"] == "scan-market" and failed["slot"] == at(10, 30).isoformat()
+        assert "Connection refused" in failed["error"]
+        row = entry("scan-market")
+        assert row.last_slot_at == at(10, 15) and row.total_sent == 1, "the unsent slot is still claimed"
+        assert row.next_run_at == at(10, 30)
+        assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}
+
+        with capture_logs() as events:
+            beat.tick()  # the broker is back: the released 10:30 slot goes out now
+            beat.tick()  # ... and only once
+        assert not failures(events)
+        assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1,
+                                                 ("scan-market", at(10, 30).isoformat()): 1}
+        row = entry("scan-market")
+        assert row.last_slot_at == at(10, 30) and row.total_sent == 2 and row.next_run_at == at(10, 45)
+    finally:
+        beat.close()
+
+
+def test_each_slot_is_sent_exactly_once_across_repeated_ticks(clock, app, redis_url):
+    position_id = seed_position("FLAT", 50.0, at(9, 30) - timedelta(days=1))
+    beat = CatalystScheduler(app=app)
+    try:
+        for minute in (15, 20, 29, 30, 30, 44, 45, 45, 59):
+            clock.set(at(10, minute))
+            beat.tick()
+            beat.tick()
+    finally:
+        beat.close()
+    slots = [at(10, 15).isoformat(), at(10, 30).isoformat(), at(10, 45).isoformat()]
+    assert sent_slots(redis_url, "scan") == {("scan-market", s): 1 for s in slots}
+    assert sent_slots(redis_url, "monitor") == {(f"monitor-position-{position_id}", s): 1 for s in slots}
+    assert entry("scan-market").total_sent == 3
+
+
+def test_one_failed_send_does_not_stop_the_other_entries(clock, app, redis_url):
+    ids = [seed_position("FLAT", 50.0, at(9, 30) - timedelta(days=1)) for _ in range(2)]
+    names = {"scan-market", *(f"monitor-position-{i}" for i in ids)}
+    beat = CatalystScheduler(app=app)
+    flaky = FlakySend(app)
+    flaky.failures = 1  # whichever entry this tick fires first
+    try:
+        with capture_logs() as events:
+            beat.tick()
+        (failed,) = failures(events)
+        sent = sent_slots(redis_url, "scan") + sent_slots(redis_url, "monitor")
+        assert set(sent) == {(n, at(10, 15).isoformat()) for n in names - {failed["entry"]}}
+        assert entry(failed["entry"]).last_slot_at is None and entry(failed["entry"]).total_sent == 0
+
+        beat.tick()
+        beat.tick()
+    finally:
+        beat.close()
+    sent = sent_slots(redis_url, "scan") + sent_slots(redis_url, "monitor")
+    assert sent == {(n, at(10, 15).isoformat()): 1 for n in names}
+
+
+def test_a_released_slot_is_sent_by_the_new_leader_when_the_old_one_lost_its_lease(clock, app, redis_url, pg_url):
+    def lose_the_lease():  # the send hung past the lease: another beat may already lead
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE leases SET expires_at = now() - interval '1 second' WHERE name = %s", (LEASE,))
+
+    first = CatalystScheduler(app=app)
+    flaky = FlakySend(app, before_raise=lose_the_lease)
+    flaky.failures = 1
+    second = CatalystScheduler(app=app)
+    try:
+        first.tick()  # claims 10:15, the send fails after the lease ran out
+        assert flaky.failed == ["scan-market"]
+        assert entry("scan-market").last_slot_at is None, "the claim was handed back even without the lease"
+
+        second.tick()  # takes over and sends the released slot
+        first.tick()  # now standby: sends nothing
+        second.tick()
+        assert query(lambda s: s.scalar(select(Lease.holder).where(Lease.name == LEASE))) == second.holder
+    finally:
+        first.close()
+        second.close()
+    assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}
+
+
+def test_a_release_that_fails_is_retried_when_postgres_returns(clock, app, redis_url, pg_url):
+    database = pg_url.rsplit("/", 1)[1]
+
+    def allow_connections(allowed: bool) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS {str(allowed).lower()}")
+            if not allowed:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+    beat = CatalystScheduler(app=app)
+    flaky = FlakySend(app, before_raise=lambda: allow_connections(False))  # Redis and PostgreSQL blip together
+    flaky.failures = 1
+    try:
+        with capture_logs() as events:
+            beat.tick()
+        assert [e["event"] for e in events if e["event"].startswith("schedule_slot_re")] == [
+            "schedule_slot_release_failed"]
+        allow_connections(True)
+        assert entry("scan-market").last_slot_at == at(10, 15), "still claimed: the release could not be written"
+
+        beat.tick()  # releases first, then sends the slot
+        beat.tick()
+    finally:
+        allow_connections(True)
+        beat.close()
+    assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}
+    assert entry("scan-market").total_sent == 1
