@@ -235,7 +235,10 @@ def resume() -> None:
 
 def _set_halt(halted: bool, reason: str | None) -> None:
     _ready()
+    from catalyst.entries import lock_entry_gate
+
     with session_scope() as s:
+        lock_entry_gate(s, datetime.now(UTC))  # ordered with entry admissions: none is admitted after this
         row = s.get(TradingState, "halted")
         value = {"halted": halted, "reason": reason}
         if row is None:

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from catalyst.db.engine import session_scope
-from catalyst.db.models import Decision, Position, ScanResult, Security, TradingCycle
-from catalyst.entries import entry_client_order_id
-from catalyst.records import record_decision, wall_now
-from catalyst.runtime import Runtime, is_halted
+from catalyst.db.models import Decision, ScanResult, TradingCycle
+from catalyst.entries import entry_client_order_id, exposure, is_halted
+from catalyst.records import record_decision, security_id
+from catalyst.runtime import Runtime
 from catalyst.domain import BadInput
 from catalyst.indicators import compute as compute_indicators
 from catalyst.monitor import INDICATOR_BARS, RSI_TRUSTED_BARS
@@ -71,7 +71,7 @@ def scan(rt: Runtime, slot_at: datetime) -> int:
             s.add(cycle)
             s.flush()
             for c in candidates:
-                s.add(ScanResult(cycle_id=cycle.id, security_id=_security_id(s, rt, c.symbol), symbol=c.symbol,
+                s.add(ScanResult(cycle_id=cycle.id, security_id=security_id(s, c.symbol, rt.calendar.code), symbol=c.symbol,
                                  rank=c.rank, score=c.score, price=c.price, change_pct=c.change_pct, volume=c.volume,
                                  relative_volume=c.relative_volume, rsi=c.rsi, catalyst=c.catalyst, created_at=now))
             cycle_id = cycle.id
@@ -81,16 +81,6 @@ def scan(rt: Runtime, slot_at: datetime) -> int:
     log.info("market_scanned", cycle_id=cycle_id, slot_at=slot_at.isoformat(), universe=len(snapshots),
              candidates=[c.symbol for c in candidates])
     return cycle_id
-
-
-def _security_id(s, rt: Runtime, symbol: str) -> int:
-    sid = s.scalar(select(Security.id).where(Security.symbol == symbol))
-    if sid is None:
-        security = Security(symbol=symbol, exchange=rt.calendar.code, created_at=wall_now())
-        s.add(security)
-        s.flush()
-        sid = security.id
-    return sid
 
 
 def evaluate_cycle(rt: Runtime, cycle_id: int, worker: str | None = None) -> list[PlannedEntry]:
@@ -108,11 +98,10 @@ def evaluate_cycle(rt: Runtime, cycle_id: int, worker: str | None = None) -> lis
         if previous:
             return [_planned(cycle_id, d.symbol, d.details) for d in previous if d.action == "enter"]
         results = s.scalars(select(ScanResult).where(ScanResult.cycle_id == cycle_id).order_by(ScanResult.rank)).all()
-        held = set(s.scalars(select(Position.symbol).where(Position.status != "closed")).all())
-        open_count = s.scalar(select(func.count()).select_from(Position).where(Position.status != "closed"))
+        held = exposure(s)  # entries still in flight count as held, for the symbol and for the limit
         candidates = [Candidate(r.symbol, r.rank, r.score, r.price, r.change_pct, r.volume, r.relative_volume,
                                 r.catalyst, r.rsi) for r in results]
-        verdicts = evaluate(candidates, held, open_count, is_halted(settings), rules)
+        verdicts = evaluate(candidates, set(held.symbols), held.count, is_halted(s), rules)
         planned = []
         for v in verdicts:
             details = {"qty": v.qty, "stop": v.stop_loss_price, "target": v.take_profit_price}

@@ -1,8 +1,15 @@
-"""Entries: validate, write the intent, submit once, and open the position from what actually filled.
+"""Entries: validate, admit under the entry gate, submit once, open the position from what filled.
 
-A rerun with the same ``client_order_id`` adopts the first run's order and position (the
-broker refuses a second order under that id), so a redelivered ``enter_position`` can never
-buy twice.
+- **Admission** (:func:`admit_entry`) happens in one transaction under a lock shared by every
+  process: the trading state, the symbol and the position limit are checked at the moment the
+  intent row is written, counting every entry still in flight (pending, unknown, working, or
+  filled but not yet a position), so neither a halt nor a concurrent entry can slip past.
+- **Once an order may exist at the broker nothing gives up on it**: a retry resumes the
+  recorded intent (no re-validation that a moved quote or a data outage could fail), every
+  broker or transport error becomes :class:`OrderPending` (the task retries), and what is
+  still unresolved when retries run out is found and mended by ``catalyst.reconcile``.
+- **At most one position per entry order**: ``positions.entry_order_id`` is unique, and the
+  order row is locked while its position is created, so redelivered tasks adopt one position.
 """
 
 from __future__ import annotations
@@ -11,20 +18,73 @@ import math
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import and_, not_, select, union_all, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from catalyst import orders
-from catalyst.brokers.base import BrokerOrderReport, OrderRequest
-from catalyst.db.engine import session_scope
-from catalyst.db.models import Order, Position, Security
+from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
+from catalyst.db.engine import dialect_insert, session_scope
+from catalyst.db.models import Order, Position, TradingState
 from catalyst.domain import BadInput, require_price
 from catalyst.exits import quote_problem
-from catalyst.orders import ensure_order
+from catalyst.orders import OrderPending
 from catalyst.positions import RECENT_VOLUME_BARS, recent_volume
-from catalyst.records import record_activity, record_decision, wall_now
+from catalyst.records import record_activity, record_decision, security_id
 from catalyst.runtime import Runtime
 
 log = structlog.get_logger("catalyst.entries")
+ENTRY_GATE = "entry_gate"
+# An entry order in one of these states with nothing filled is over: the broker holds nothing for it.
+DEAD_ENTRY_STATUSES = ("canceled", "rejected", "expired", "done_for_day", "replaced")
+
+
+class EntryRefused(BadInput):
+    """The entry was refused at submission (halted, already held, position limit): nothing was sent."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What is held or being entered: symbols, and how many positions that makes."""
+
+    symbols: frozenset[str]
+    count: int
+
+
+def exposure(s, *, excluding_client_order_id: str | None = None) -> Exposure:
+    """Open positions plus every entry order in flight (it may hold shares the moment it resolves).
+
+    One statement, so one snapshot: an entry turning into a position between two reads could
+    otherwise be counted by neither.
+    """
+    held = select(Position.symbol).where(Position.status != "closed")
+    in_flight = select(Order.symbol).where(
+        Order.purpose == "entry", Order.position_id.is_(None),
+        not_(and_(Order.status.in_(DEAD_ENTRY_STATUSES), Order.filled_qty <= 0)))
+    if excluding_client_order_id is not None:
+        in_flight = in_flight.where(Order.client_order_id != excluding_client_order_id)
+    symbols = list(s.scalars(union_all(held, in_flight)))
+    return Exposure(frozenset(symbols), len(symbols))
+
+
+def is_halted(s) -> bool:
+    row = s.get(TradingState, "halted")
+    return bool(row and row.value.get("halted"))
+
+
+def lock_entry_gate(s, now) -> None:
+    """Serialize entry admissions across processes until this transaction ends.
+
+    A touched ``trading_state`` row: a row lock on PostgreSQL, the database write lock on SQLite.
+    """
+    s.execute(dialect_insert(s, TradingState).values(key=ENTRY_GATE, value={}, updated_at=now)
+              .on_conflict_do_nothing(index_elements=["key"]))
+    s.execute(update(TradingState).where(TradingState.key == ENTRY_GATE).values(updated_at=now))
 
 
 def entry_client_order_id(cycle_id: int, symbol: str) -> str:
@@ -71,55 +131,158 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
     """Buy ``qty`` of ``symbol`` and record the position; rerunning with the same order id adopts it.
 
     With a broker that supports legs the entry is a bracket: stop and target live at the broker.
+    Raises :class:`EntryRefused` (nothing sent), :class:`BadInput` (refused by the broker, nothing
+    held) or :class:`OrderPending` (the order may exist: retry, or reconciliation resolves it).
     """
-    with session_scope() as s:
-        order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
-        if order is not None and order.position_id is not None:
-            return s.get(Position, order.position_id)
-    symbol, qty, quote, stop, target = validate_entry(rt, symbol, qty, stop, target)
-    stop = stop if stop is not None else round(quote.price * (1 - rt.settings.stop_loss_pct), 2)
-    target = target if target is not None else round(quote.price * (1 + rt.settings.take_profit_pct), 2)
+    intent = _recorded_intent(client_order_id)
+    if intent is not None and intent.position_id is not None:
+        with session_scope() as s:
+            return s.get(Position, intent.position_id)
+    if intent is None:
+        symbol, qty, quote, stop, target = validate_entry(rt, symbol, qty, stop, target)
+        stop = stop if stop is not None else round(quote.price * (1 - rt.settings.stop_loss_pct), 2)
+        target = target if target is not None else round(quote.price * (1 + rt.settings.take_profit_pct), 2)
+        admit_entry(rt, client_order_id=client_order_id, symbol=symbol, qty=qty, stop=stop, target=target,
+                    cycle_id=cycle_id, worker=worker)
+        intent = _recorded_intent(client_order_id)
+    elif intent.status == "pending_submit":
+        _recheck_unsent(rt, intent, worker)
+    legs = {"stop_loss_price": intent.stop_loss_price, "take_profit_price": intent.take_profit_price} \
+        if rt.broker.supports_legs and intent.stop_loss_price is not None else {}
+    try:
+        report = orders.submit(rt, OrderRequest(client_order_id, intent.symbol, "buy", intent.qty, **legs),
+                               accept_partial=True, wait=rt.settings.fill_wait_seconds)
+    except OrderPending:
+        raise
+    except (BrokerError, OSError, OperationalError) as exc:  # the order may exist: never give up on it here
+        log.warning("entry_unresolved", client_order_id=client_order_id, error=str(exc))
+        raise OrderPending(f"entry {client_order_id}: {exc}; will resolve by client id") from exc
+    if report.filled_qty <= 0 or report.filled_avg_price is None:
+        now = rt.clock.now()
+        with session_scope() as s:
+            record_decision(s, kind="entry", action="skip", reason=f"order_{report.status}", symbol=intent.symbol,
+                            cycle_id=intent.cycle_id, decided_at=now, worker=worker,
+                            details={"broker_reason": report.reason})
+        raise BadInput(f"entry order for {intent.symbol} was {report.status}: {report.reason}")
+    return open_from_fill(rt, client_order_id, report, reason=reason, worker=worker)
+
+
+def admit_entry(rt: Runtime, *, client_order_id: str, symbol: str, qty: float, stop: float | None,
+                target: float | None, cycle_id: int | None, worker: str | None) -> None:
+    """Check the trading state, the symbol and the limit, and write the intent, in one locked transaction.
+
+    The position limit binds the scanner's entries; an operator's manual entry is checked for the
+    halt and a second position in the symbol only (issue 9 brings the full risk guard to both).
+    """
     now = rt.clock.now()
-    ensure_order(client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty, cycle_id=cycle_id, now=now)
-    legs = {"stop_loss_price": stop, "take_profit_price": target} if rt.broker.supports_legs else {}
-    report = orders.submit(rt, OrderRequest(client_order_id, symbol, "buy", qty, **legs), accept_partial=True,
-                           wait=rt.settings.fill_wait_seconds)
     with session_scope() as s:
-        order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
-        if order.position_id is not None:
-            return s.get(Position, order.position_id)
-        if report.filled_qty <= 0 or report.filled_avg_price is None:
-            record_decision(s, kind="entry", action="skip", reason=f"order_{report.status}", symbol=symbol,
-                            cycle_id=cycle_id, decided_at=now, worker=worker, details={"broker_reason": report.reason})
-            raise BadInput(f"entry order for {symbol} was {report.status}: {report.reason}")
-        position = _new_position(s, rt, order, report, quote, stop, target, cycle_id, reason)
-        for leg in report.legs:
-            orders.record_leg(s, leg, position.id, cycle_id, now)
-        record_decision(s, kind="entry", action="enter", reason=reason, symbol=symbol, position_id=position.id,
-                        cycle_id=cycle_id, decided_at=now, worker=worker,
-                        details={"qty": qty, "price": report.filled_avg_price, "legs": len(report.legs)})
-        record_activity(s, "position_opened", now, position_id=position.id, symbol=symbol, qty=position.qty,
-                        entry_price=position.entry_price, stop=position.stop_loss_price, target=position.take_profit_price)
-    log.info("position_opened", position_id=position.id, symbol=symbol, qty=qty, entry_price=position.entry_price,
-             stop=position.stop_loss_price, target=position.take_profit_price, client_order_id=client_order_id,
-             legs=len(report.legs))
+        lock_entry_gate(s, now)
+        refusal = _refusal(s, rt, symbol, client_order_id, cycle_id)
+        if refusal is None:
+            if s.scalar(select(Order.id).where(Order.client_order_id == client_order_id)) is None:
+                s.add(Order(client_order_id=client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty,
+                            cycle_id=cycle_id, stop_loss_price=stop, take_profit_price=target,
+                            status="pending_submit", created_at=now, updated_at=now))
+            return
+        record_decision(s, kind="entry", action="skip", reason=refusal[0], symbol=symbol, cycle_id=cycle_id,
+                        decided_at=now, worker=worker, details={"client_order_id": client_order_id})
+    log.warning("entry_refused", symbol=symbol, reason=refusal[0], client_order_id=client_order_id)
+    raise EntryRefused(*refusal)
+
+
+def _refusal(s, rt: Runtime, symbol: str, client_order_id: str, cycle_id: int | None) -> tuple[str, str] | None:
+    if is_halted(s):
+        return "halted", f"trading is halted: no entry in {symbol} is sent"
+    held = exposure(s, excluding_client_order_id=client_order_id)
+    if symbol in held.symbols:
+        return "already_held", f"{symbol} is already held or being entered"
+    if cycle_id is not None and held.count >= rt.settings.max_positions:
+        return "position_limit", (f"position limit {rt.settings.max_positions} reached "
+                                  f"({held.count} held or in flight): no entry in {symbol}")
+    return None
+
+
+def _recheck_unsent(rt: Runtime, intent: Order, worker: str | None) -> None:
+    """An intent never confirmed sent: if the broker has never seen it, the gate is asked again."""
+    try:
+        at_broker = rt.broker.get_order(intent.client_order_id)
+    except (BrokerError, OSError) as exc:
+        raise OrderPending(f"entry {intent.client_order_id}: broker unreachable ({exc})") from exc
+    if at_broker is not None:
+        return
+    now = rt.clock.now()
+    with session_scope() as s:
+        lock_entry_gate(s, now)
+        if not is_halted(s):
+            return
+        s.execute(update(Order).where(Order.client_order_id == intent.client_order_id,
+                                      Order.status == "pending_submit")
+                  .values(status="canceled", error="halted before it was sent", updated_at=now))
+        record_decision(s, kind="entry", action="skip", reason="halted", symbol=intent.symbol,
+                        cycle_id=intent.cycle_id, decided_at=now, worker=worker,
+                        details={"client_order_id": intent.client_order_id})
+    raise EntryRefused("halted", f"trading is halted: the entry in {intent.symbol} was not sent")
+
+
+def _recorded_intent(client_order_id: str) -> Order | None:
+    with session_scope() as s:
+        return s.scalar(select(Order).where(Order.client_order_id == client_order_id))
+
+
+def open_from_fill(rt: Runtime, client_order_id: str, report: BrokerOrderReport, *, reason: str = "manual",
+                   worker: str | None = None) -> Position:
+    """Open the position for a filled (or partly filled) entry order, exactly once.
+
+    The order row is locked first, so a concurrent run waits and then adopts the same position;
+    the unique ``entry_order_id`` backs that up whatever the interleaving.
+    """
+    now = rt.clock.now()
+    entry_volume = _entry_volume(rt, report.symbol, now)
+    try:
+        with session_scope() as s:
+            s.execute(update(Order).where(Order.client_order_id == client_order_id).values(updated_at=now))
+            order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
+            orders.apply_report(order, report, now)
+            if order.position_id is not None:
+                return s.get(Position, order.position_id)
+            position = _new_position(s, rt, order, report, entry_volume, reason)
+            for leg in report.legs:
+                orders.record_leg(s, leg, position.id, order.cycle_id, now)
+            record_decision(s, kind="entry", action="enter", reason=reason, symbol=order.symbol,
+                            position_id=position.id, cycle_id=order.cycle_id, decided_at=now, worker=worker,
+                            details={"qty": position.qty, "ordered": order.qty, "price": report.filled_avg_price,
+                                     "legs": len(report.legs)})
+            record_activity(s, "position_opened", now, position_id=position.id, symbol=order.symbol,
+                            qty=position.qty, entry_price=position.entry_price, stop=position.stop_loss_price,
+                            target=position.take_profit_price, client_order_id=client_order_id)
+    except IntegrityError:  # another run created it between our read and our insert
+        with session_scope() as s:
+            order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
+            return s.scalar(select(Position).where(Position.entry_order_id == order.id))
+    log.info("position_opened", position_id=position.id, symbol=position.symbol, qty=position.qty,
+             entry_price=position.entry_price, stop=position.stop_loss_price, target=position.take_profit_price,
+             client_order_id=client_order_id, legs=len(report.legs))
     return position
 
 
-def _new_position(s, rt: Runtime, order: Order, report: BrokerOrderReport, quote, stop, target, cycle_id, reason):
-    settings = rt.settings
+def _entry_volume(rt: Runtime, symbol: str, now) -> float | None:
+    """Recent volume at entry (for volume-collapse); a data outage must not stop the position opening."""
+    try:
+        bars = rt.market_data.bars(symbol, now, RECENT_VOLUME_BARS)
+        return recent_volume(bars) or getattr(rt.market_data.quote(symbol, now), "volume", None)
+    except Exception as exc:  # noqa: BLE001 - the shares are bought: record the position whatever the data says
+        log.warning("entry_volume_unknown", symbol=symbol, error=str(exc))
+        return None
+
+
+def _new_position(s, rt: Runtime, order: Order, report: BrokerOrderReport, entry_volume, reason) -> Position:
     price = float(report.filled_avg_price)
-    security = s.scalar(select(Security).where(Security.symbol == order.symbol))
-    if security is None:
-        security = Security(symbol=order.symbol, exchange=rt.calendar.code, created_at=wall_now())
-        s.add(security)
-        s.flush()
     now = rt.clock.now()
     position = Position(
-        security_id=security.id, symbol=order.symbol, qty=report.filled_qty, status="open", entry_price=price,
-        entry_volume=recent_volume(rt.market_data.bars(order.symbol, now, RECENT_VOLUME_BARS)) or quote.volume,
-        high_watermark=price, stop_loss_price=stop, take_profit_price=target,
-        max_hold_seconds=settings.max_hold_hours * 3600.0, entry_reason=reason, cycle_id=cycle_id,
+        security_id=security_id(s, order.symbol, rt.calendar.code), symbol=order.symbol, qty=report.filled_qty, status="open", entry_price=price,
+        entry_volume=entry_volume, high_watermark=price, stop_loss_price=order.stop_loss_price,
+        take_profit_price=order.take_profit_price, max_hold_seconds=rt.settings.max_hold_hours * 3600.0,
+        entry_reason=reason, cycle_id=order.cycle_id, entry_order_id=order.id,
         opened_at=report.filled_at or now, last_price=price, updated_at=now,
     )
     s.add(position)

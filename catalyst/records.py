@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from catalyst.db.models import ActivityLog, Decision, ServiceHealth
+from catalyst.db.engine import dialect_insert
+from catalyst.db.models import ActivityLog, Decision, Security, ServiceHealth
 
 COUNTERS = ("checks", "positions_checked", "exits_executed", "advisor_calls", "errors")
 
@@ -41,3 +42,10 @@ def bump(s: Session, service: str | None, **deltas: int) -> None:
     values = {name: getattr(ServiceHealth, name) + n for name, n in deltas.items() if name in COUNTERS and n}
     if values:
         s.execute(update(ServiceHealth).where(ServiceHealth.service_name == service).values(**values))
+
+
+def security_id(s: Session, symbol: str, exchange: str | None) -> int:
+    """The ``securities`` row of ``symbol``, created once even when several workers meet it at once."""
+    s.execute(dialect_insert(s, Security).values(symbol=symbol, exchange=exchange, created_at=wall_now())
+              .on_conflict_do_nothing(index_elements=["symbol"]))
+    return s.scalar(select(Security.id).where(Security.symbol == symbol))

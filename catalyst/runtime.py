@@ -147,12 +147,6 @@ def reset_clock_anchor(settings: Settings, at: float | None = None) -> None:
                            updated_at=datetime.now(UTC)))
 
 
-def is_halted(settings: Settings) -> bool:
-    with session_scope(settings.sqlalchemy_url) as s:
-        row = s.scalar(select(TradingState).where(TradingState.key == "halted"))
-        return bool(row and row.value.get("halted"))
-
-
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     clock = clock or build_clock(settings)
     market_data = build_market_data(settings)

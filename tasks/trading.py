@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy.exc import OperationalError
+
 from catalyst.celery import app
 from catalyst.cycles import evaluate_cycle, scan
 from catalyst.domain import BadInput
@@ -43,7 +45,7 @@ def evaluate_candidates(self, cycle_id: int) -> list[str]:
     return [p.symbol for p in planned]
 
 
-@app.task(name="catalyst.enter_position", base=CatalystTask, bind=True, autoretry_for=(OrderPending,),
+@app.task(name="catalyst.enter_position", base=CatalystTask, bind=True, autoretry_for=(OrderPending, OperationalError),
           retry_backoff=2, retry_backoff_max=30, max_retries=10)
 def enter_position(self, symbol: str, qty: float, stop: float | None = None, target: float | None = None,
                    cycle_id: int | None = None, client_order_id: str | None = None, reason: str = "manual") -> int:

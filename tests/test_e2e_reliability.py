@@ -55,9 +55,12 @@ def test_stop_loss_exits_once_when_worker_killed_mid_exit(pg_redis_env, stack, t
     assert query(lambda s: s.scalar(select(func.count()).select_from(PaperOrder).where(PaperOrder.side == "sell"))) == 1
 
 
+FLAT = ("FLAT", "FLAU", "FLAV")  # one position per symbol: entries refuse a second one in a held symbol
+
+
 def _flat_env(env, tmp_path):
-    csv = write_replay_csv(tmp_path / "FLAT.csv", "FLAT", SESSION_OPEN, [50.0] * 300)
-    env["CATALYST_MARKET_DATA"] = f"replay:{csv}"
+    paths = [str(write_replay_csv(tmp_path / f"{s}.csv", s, SESSION_OPEN, [50.0] * 300)) for s in FLAT]
+    env["CATALYST_MARKET_DATA"] = "replay:" + ",".join(paths)
     return env
 
 
@@ -66,7 +69,7 @@ def test_monitoring_resumes_for_every_position_after_redis_flush(tmp_path, pg_ur
     env.update(DATABASE_URL=pg_url, REDIS_URL=redis_url)
     with environment(env):
         cli("db", "upgrade")
-        ids = [json.loads(cli("open", "FLAT", "--qty", str(q), "--json").stdout)["id"] for q in (1, 2, 3)]
+        ids = [json.loads(cli("open", sym, "--qty", str(q), "--json").stdout)["id"] for sym, q in zip(FLAT, (1, 2, 3))]
         stack.worker()
         stack.beat()
 

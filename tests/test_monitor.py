@@ -14,7 +14,7 @@ from catalyst.monitor import check_position
 from catalyst.entries import open_position
 from catalyst.runtime import get_runtime
 from tests.fake_anthropic import FakeAnthropic
-from tests.support import environment, query, write_replay_csv
+from tests.support import environment, query, seed_position, write_replay_csv
 
 EST = timezone(timedelta(hours=-5))
 SESSION_OPEN = datetime(2025, 3, 4, 9, 30, tzinfo=EST)
@@ -50,9 +50,12 @@ def market(pg_url, tmp_path):
 
 
 def opened(market, level: float, n: int = 1, **env) -> list[int]:
+    """One position entered through the broker; ``n - 1`` more in the same symbol booked alongside it
+    (entries refuse a second position in a held symbol, but the monitor must share work across them)."""
     with market(level, OPEN_AT, **env):
-        return [open_position(get_runtime(), symbol="TEST", qty=10, client_order_id=f"entry-m-{i}").id
-                for i in range(n)]
+        first = open_position(get_runtime(), symbol="TEST", qty=10, client_order_id="entry-m-0")
+        return [first.id] + [seed_position("TEST", first.entry_price, first.opened_at, qty=first.qty,
+                                           entry_volume=first.entry_volume) for _ in range(n - 1)]
 
 
 def decisions(kind: str) -> list[Decision]:

@@ -199,6 +199,7 @@ def test_only_one_of_two_concurrent_exit_requests_wins(at):
             events = rows(ActivityLog, ActivityLog.position_id == position_id, ActivityLog.event == "exit_requested")
             assert len(events) == 1
             assert request_exit(rt, position_id, "manual") is False  # a late third caller loses too
+            execute_exit(rt, position_id)  # flat again before the next round enters the symbol
 
 
 def test_second_exit_attempt_adopts_the_first_order(at):

@@ -4,18 +4,23 @@ Its book (orders, positions, cash) lives in its own tables, written in its own
 transactions, exactly as a remote broker's state is separate from ours. That keeps the
 exactly-once logic honest: a worker killed after the paper broker filled an order finds the
 fill here on restart, just as it would at Alpaca.
+
+It gives the guarantees a real broker gives under concurrency: the order row claims its
+client id before anything moves (a racing duplicate waits on it, then adopts it), and cash
+and shares change only by conditional UPDATEs in one transaction, always locking the account
+row before a position row, so concurrent fills never lose an update or deadlock.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from catalyst.brokers.base import BrokerOrderReport, BrokerPositionReport, OrderRequest
+from catalyst.brokers.base import FINAL_ORDER_STATUSES, BrokerError, BrokerOrderReport, BrokerPositionReport, OrderRequest
 from catalyst.clock import Clock
-from catalyst.db.engine import session_scope
+from catalyst.db.engine import dialect_insert, session_scope
 from catalyst.db.models import PaperAccount, PaperOrder, PaperPosition
 from catalyst.marketdata.base import MarketData
 
@@ -38,12 +43,19 @@ class PaperBroker:
             return existing
         try:
             with session_scope(self.db_url) as s:
-                order = self._fill(s, request)
+                order = PaperOrder(id=str(uuid.uuid4()), client_order_id=request.client_order_id,
+                                   symbol=request.symbol, side=request.side, qty=request.qty, status="new",
+                                   created_at=self.clock.now())
                 s.add(order)
-                s.flush()
-                return _report(order)
+                s.flush()  # claims the client id first: a concurrent duplicate blocks here, then fails
+                self._fill(s, order)
+                report = _report(order)
         except IntegrityError:  # the same client id raced in from another worker: adopt it
-            return self.get_order(request.client_order_id)
+            adopted = self.get_order(request.client_order_id)
+            if adopted is None:
+                raise BrokerError(f"paper broker: order {request.client_order_id} could not be placed") from None
+            return adopted
+        return report
 
     def get_order(self, client_order_id: str) -> BrokerOrderReport | None:
         with session_scope(self.db_url) as s:
@@ -66,50 +78,63 @@ class PaperBroker:
             pos = s.get(PaperPosition, symbol)
             return BrokerPositionReport(pos.symbol, pos.qty, pos.avg_entry_price) if pos and pos.qty else None
 
+    def list_positions(self) -> list[BrokerPositionReport]:
+        with session_scope(self.db_url) as s:
+            return [BrokerPositionReport(p.symbol, p.qty, p.avg_entry_price)
+                    for p in s.scalars(select(PaperPosition).where(PaperPosition.qty > 1e-9).order_by(PaperPosition.symbol))]
+
+    def list_open_orders(self) -> list[BrokerOrderReport]:
+        with session_scope(self.db_url) as s:
+            return [_report(o) for o in s.scalars(select(PaperOrder).where(
+                PaperOrder.status.not_in(FINAL_ORDER_STATUSES)).order_by(PaperOrder.created_at))]
+
     def cash(self) -> float:
         with session_scope(self.db_url) as s:
-            return self._account(s).cash
+            self._ensure_account(s)
+            return s.get(PaperAccount, 1).cash
 
     # -- internals ---------------------------------------------------------------
-    def _account(self, s) -> PaperAccount:
-        account = s.get(PaperAccount, 1)
-        if account is None:
-            account = PaperAccount(id=1, cash=self.starting_cash, updated_at=self.clock.now())
-            s.add(account)
-            s.flush()
-        return account
+    def _ensure_account(self, s) -> None:
+        """Create the account row once; concurrent first entries never collide on it."""
+        s.execute(dialect_insert(s, PaperAccount).values(id=1, cash=self.starting_cash, updated_at=self.clock.now())
+                  .on_conflict_do_nothing(index_elements=["id"]))
 
-    def _fill(self, s, request: OrderRequest) -> PaperOrder:
+    def _fill(self, s, order: PaperOrder) -> None:
+        """Fill at the market price, or reject; every change is a conditional UPDATE under the account lock."""
         now = self.clock.now()
-        order = PaperOrder(
-            id=str(uuid.uuid4()), client_order_id=request.client_order_id, symbol=request.symbol,
-            side=request.side, qty=request.qty, status="rejected", created_at=now,
-        )
-        quote = self.market_data.quote(request.symbol, now)
+        quote = self.market_data.quote(order.symbol, now)
         if quote is None:
-            return order
-        position = s.get(PaperPosition, request.symbol)
-        held = position.qty if position else 0.0
-        account = self._account(s)
-        cost = quote.price * request.qty
-        if request.side == "sell" and held < request.qty:
-            return order
-        if request.side == "buy" and cost > account.cash:
-            return order
-        if request.side == "buy":
-            if position is None:
-                position = PaperPosition(symbol=request.symbol, qty=0.0, avg_entry_price=quote.price)
-                s.add(position)
-            total = position.qty + request.qty
-            position.avg_entry_price = (position.avg_entry_price * position.qty + cost) / total
-            position.qty = total
-            account.cash -= cost
+            order.status = "rejected"
+            return
+        self._ensure_account(s)
+        value = quote.price * order.qty
+        account = PaperAccount.__table__.c
+        # Lock the account row first, on buys and sells alike: one lock order, no deadlocks.
+        if order.side == "buy":
+            enough = s.execute(update(PaperAccount).where(account.id == 1, account.cash >= value)
+                               .values(cash=account.cash - value, updated_at=now)).rowcount == 1
+            if not enough:
+                order.status = "rejected"
+                return
+            self._add_shares(s, order.symbol, order.qty, quote.price)
         else:
-            position.qty = held - request.qty
-            account.cash += cost
-        account.updated_at = now
-        order.status, order.filled_qty, order.filled_avg_price, order.filled_at = "filled", request.qty, quote.price, now
-        return order
+            s.execute(update(PaperAccount).where(account.id == 1).values(updated_at=now))
+            held = PaperPosition.__table__.c
+            sold = s.execute(update(PaperPosition).where(held.symbol == order.symbol, held.qty >= order.qty - 1e-9)
+                             .values(qty=held.qty - order.qty)).rowcount == 1
+            if not sold:
+                order.status = "rejected"
+                return
+            s.execute(update(PaperAccount).where(account.id == 1).values(cash=account.cash + value))
+        order.status, order.filled_qty, order.filled_avg_price, order.filled_at = "filled", order.qty, quote.price, now
+
+    def _add_shares(self, s, symbol: str, qty: float, price: float) -> None:
+        held = PaperPosition.__table__.c
+        stmt = dialect_insert(s, PaperPosition).values(symbol=symbol, qty=qty, avg_entry_price=price)
+        s.execute(stmt.on_conflict_do_update(index_elements=["symbol"], set_={
+            "qty": held.qty + stmt.excluded.qty,
+            "avg_entry_price": (held.avg_entry_price * held.qty + stmt.excluded.avg_entry_price * stmt.excluded.qty)
+            / (held.qty + stmt.excluded.qty)}))
 
 
 def _report(order: PaperOrder) -> BrokerOrderReport:
@@ -117,5 +142,5 @@ def _report(order: PaperOrder) -> BrokerOrderReport:
         broker_order_id=order.id, client_order_id=order.client_order_id, symbol=order.symbol,
         side=order.side, qty=order.qty, status=order.status, filled_qty=order.filled_qty,
         filled_avg_price=order.filled_avg_price, filled_at=order.filled_at,
-        reason=None if order.status == "filled" else "no price or insufficient quantity/cash",
+        reason=None if order.status in ("filled", "new") else "no price or insufficient quantity/cash",
     )

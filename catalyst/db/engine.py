@@ -75,6 +75,15 @@ def dispose_all() -> None:
         _engines.clear()
 
 
+def dialect_insert(session: Session, model):
+    """``INSERT`` with ``ON CONFLICT`` support for this session's backend (PostgreSQL or SQLite)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(model)
+
+
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""

@@ -73,6 +73,9 @@ class Position(Base):
     __tablename__ = "positions"
     __table_args__ = (Index("ix_positions_status", "status"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # At most one position per entry order, whatever the interleaving of redelivered tasks.
+    entry_order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", use_alter=True,
+                                                                  name="fk_positions_entry_order"), unique=True)
     security_id: Mapped[int] = mapped_column(ForeignKey("securities.id"))
     symbol: Mapped[str] = mapped_column(String(16))
     side: Mapped[str] = mapped_column(String(8), default="long")
@@ -111,6 +114,9 @@ class Order(Base):
     qty: Mapped[float] = mapped_column(Float)
     limit_price: Mapped[float | None] = mapped_column(Float)
     stop_price: Mapped[float | None] = mapped_column(Float)
+    # An entry's bracket as requested, so a retry resumes the same intent without re-deciding it.
+    stop_loss_price: Mapped[float | None] = mapped_column(Float)
+    take_profit_price: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(20), default="pending_submit")
     filled_qty: Mapped[float] = mapped_column(Float, default=0.0)
     filled_avg_price: Mapped[float | None] = mapped_column(Float)
