@@ -27,7 +27,8 @@ class WantedEntry:
 
 
 def static_entries(settings: Settings) -> list[WantedEntry]:
-    return [WantedEntry("scan-market", "catalyst.scan_market", "scan", (), settings.scan_interval)]
+    return [WantedEntry("scan-market", "catalyst.scan_market", "scan", (), settings.scan_interval),
+            WantedEntry("reconcile", "catalyst.reconcile", "maintenance", (), settings.reconcile_interval)]
 
 
 def monitor_entry(position_id: int, settings: Settings) -> WantedEntry:

@@ -247,6 +247,24 @@ def _set_halt(halted: bool, reason: str | None) -> None:
             row.value, row.updated_at = value, datetime.now(UTC)
 
 
+@main.command("reconcile")
+@click.option("--fix", is_flag=True, help="Apply the safe mends (never sells, never changes risk settings).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def reconcile_cmd(fix: bool, as_json: bool) -> None:
+    """Compare our books with the broker's: report every disagreement (and mend the safe ones with --fix)."""
+    rt = _runtime()
+    from catalyst.reconcile import reconcile
+
+    try:
+        findings = [f.as_dict() for f in reconcile(rt, fix=fix, worker="cli")]
+    except CatalystError as exc:
+        _fail(exc)
+    text = table(["kind", "severity", "symbol", "position", "detail", "action"],
+                 [[f["kind"], f["severity"], f["symbol"] or "-", f["position_id"] or "-", f["detail"], f["action"]]
+                  for f in findings], "llllll") if findings else "books and broker agree: nothing to reconcile"
+    _emit(findings, as_json, text)
+
+
 @main.command()
 @click.option("--data", "data", required=True, multiple=True,
               help="Replay CSV with 1-minute bars, or a directory of them (repeat for several).")

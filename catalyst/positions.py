@@ -124,15 +124,33 @@ def _exit_progress(position_id: int, qty: float) -> tuple[int, float, float]:
 
 def _close_from_exit_orders(rt: Runtime, position_id: int, worker: str | None) -> Position:
     """Close at the volume-weighted price of every exit fill (one order, or a partial plus follow-ups)."""
+    return close_with_fills(rt, position_id, recorded_sell_fills(position_id, ("exit",)), worker=worker)
+
+
+def recorded_sell_fills(position_id: int, purposes: tuple[str, ...] = ("exit", "stop", "take_profit")
+                        ) -> list[BrokerOrderReport]:
+    """The sell fills our books hold for a position, oldest first (legs and exits alike)."""
     with session_scope() as s:
-        fills = [(o.filled_qty, o.filled_avg_price, o.filled_at, o.client_order_id) for o in s.scalars(
-            select(Order).where(Order.position_id == position_id, Order.purpose == "exit").order_by(Order.id))
-            if o.filled_qty and o.filled_avg_price is not None]
-    qty = sum(f[0] for f in fills)
-    price = sum(f[0] * f[1] for f in fills) / qty
+        return [BrokerOrderReport(o.broker_order_id or "", o.client_order_id, o.symbol, "sell", o.filled_qty, o.status,
+                                  o.filled_qty, o.filled_avg_price, o.filled_at) for o in s.scalars(
+            select(Order).where(Order.position_id == position_id, Order.side == "sell", Order.purpose.in_(purposes),
+                                Order.filled_qty > 0).order_by(Order.id)) if o.filled_avg_price is not None]
+
+
+def close_with_fills(rt: Runtime, position_id: int, fills: list[BrokerOrderReport], *, reason: str | None = None,
+                     worker: str | None = None) -> Position:
+    """Close a position at the volume-weighted price of the sell fills that took it flat, once.
+
+    Used by exits and by reconciliation (a position the broker sold for us: a leg, or a manual sell).
+    An ``open`` position is moved to ``closing`` first, with ``reason`` (or ``manual``).
+    """
+    qty = sum(f.filled_qty for f in fills)
+    price = sum(f.filled_qty * f.filled_avg_price for f in fills) / qty
     last = fills[-1]
-    report = BrokerOrderReport("", last[3], "", "sell", qty, "filled", qty, round(price, 6), last[2])
-    return _close(rt, position_id, report, worker)
+    request_exit(rt, position_id, reason or "manual")  # no-op unless still open
+    report = BrokerOrderReport("", last.client_order_id, last.symbol, "sell", qty, "filled", qty, round(price, 6),
+                               max((f.filled_at for f in fills if f.filled_at), default=None))
+    return _close(rt, position_id, report, worker, reason=reason)
 
 
 def _clear_legs(rt: Runtime, position_id: int) -> BrokerOrderReport | None:

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     max_hold_hours: float = Field(default=24.0, gt=0, validation_alias="CATALYST_MAX_HOLD_HOURS")
     scan_interval: float = Field(default=1800.0, gt=0, validation_alias="CATALYST_SCAN_INTERVAL")
     scan_top_n: int = Field(default=5, gt=0, validation_alias="CATALYST_SCAN_TOP_N")
+    reconcile_interval: float = Field(default=300.0, gt=0, validation_alias="CATALYST_RECONCILE_INTERVAL")
     max_positions: int = Field(default=5, ge=0, validation_alias="CATALYST_MAX_POSITIONS")
     position_size_usd: float = Field(default=1000.0, gt=0, validation_alias="CATALYST_POSITION_SIZE_USD")
     paper_starting_cash: float = Field(default=100_000.0, gt=0, validation_alias="CATALYST_PAPER_CASH")

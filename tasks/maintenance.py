@@ -1,8 +1,10 @@
-"""Heartbeats (check_risk and reconcile arrive with later issues)."""
+"""Maintenance: heartbeats and the reconciliation watchdog (check_risk arrives with issue 9)."""
 
 from __future__ import annotations
 
 from catalyst.celery import app
+from catalyst.reconcile import reconcile as run_reconcile
+from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask
 from workers.heartbeat import beat_heart
 
@@ -13,3 +15,10 @@ def heartbeat(self) -> str:
     name = self.request.hostname or "worker"
     beat_heart(name, kind="worker", status="online")
     return name
+
+
+@app.task(name="catalyst.reconcile", base=CatalystTask, bind=True, ignore_result=True)
+def reconcile(self, slot: str | None = None) -> dict:
+    """Compare our books with the broker's, apply the safe mends and escalate the rest."""
+    findings = run_reconcile(get_runtime(), fix=True, worker=self.request.hostname)
+    return {"findings": len(findings), "escalated": sum(f.action == "escalated" for f in findings)}

@@ -83,7 +83,10 @@ class CatalystScheduler(Scheduler):
         rows = self._sync_entries(now)
         for row in rows:
             if row.next_run_at is not None and row.next_run_at <= now:
-                self._fire(row, now)
+                try:
+                    self._fire(row, now)
+                except Exception as exc:  # noqa: BLE001 - an unwritten claim claimed nothing: next tick retries
+                    log.warning("schedule_slot_claim_failed", entry=row.name, error=f"{type(exc).__name__}: {exc}")
         return self._sleep_until_next(rows, now)
 
     def close(self) -> None:
