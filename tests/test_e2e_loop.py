@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from catalyst.db.models import Order, PaperOrder, Position, ScheduleEntry, ServiceHealth
+from catalyst.db.models import ActivityLog, Order, PaperOrder, Position, ScheduleEntry, ServiceHealth
 from tests.support import environment, query, wait_for, write_replay_csv
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +67,7 @@ def test_stop_loss_closes_position_once_and_its_schedule_comes_and_goes(loop_env
     position_id = json.loads(opened.stdout)["id"]
     entry = f"monitor-position-{position_id}"
     wait_for(lambda: query(lambda s: s.get(ScheduleEntry, entry)), 10, what=f"{entry} to appear")
+    assert json.loads(cli("reconcile", "--json").stdout) == []  # a healthy system: books and broker agree
 
     closed = wait_for(lambda: query(lambda s: (p := s.get(Position, position_id)).status == "closed" and p), 90,
                       what="the stop loss exit")
@@ -79,6 +80,11 @@ def test_stop_loss_closes_position_once_and_its_schedule_comes_and_goes(loop_env
     broker_sells = query(lambda s: s.scalar(select(func.count()).select_from(PaperOrder).where(PaperOrder.side == "sell")))
     assert broker_sells == 1
     wait_for(lambda: query(lambda s: s.get(ScheduleEntry, entry) is None), 10, what=f"{entry} to disappear")
+
+    assert json.loads(cli("reconcile", "--json").stdout) == []
+    runs = query(lambda s: s.scalars(select(ActivityLog).where(ActivityLog.event == "reconcile_run")).all())
+    scheduled = [r.details for r in runs if r.details["worker"] != "cli"]
+    assert scheduled and all(r["fix"] and r["findings"] == 0 for r in scheduled)  # the watchdog ran, found nothing
 
     health = {h.kind: h for h in query(lambda s: s.scalars(select(ServiceHealth)).all())}
     assert health["worker"].checks >= 1 and health["worker"].positions_checked >= 1
