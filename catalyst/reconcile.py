@@ -33,6 +33,7 @@ from catalyst.runtime import Runtime
 log = structlog.get_logger("catalyst.reconcile")
 STUCK_AFTER = timedelta(minutes=5)
 STALE_CYCLE_AFTER = timedelta(minutes=30)
+SCAN_ENTRY = "scan-market"
 QTY_EPSILON = 1e-6
 SELL_PURPOSES = ("exit", "stop", "take_profit")
 LIVE_STOP_STATUSES = ("new", "accepted", "held", "pending_new", "partially_filled", "pending_replace")
@@ -330,24 +331,38 @@ def _protect(rt: Runtime, h: Holding, finding: Finding) -> None:
 
 # -- 3. liveness -------------------------------------------------------------------------------------------------
 def _check_liveness(rt: Runtime, now: datetime) -> list[Finding]:
-    findings = []
     grace = timedelta(seconds=2 * rt.settings.monitor_check_interval)
     with session_scope() as s:
-        scheduled = set(s.scalars(select(ScheduleEntry.name)))
+        scheduled = {e.name: e for e in s.scalars(select(ScheduleEntry))}
         positions = s.scalars(select(Position).where(Position.status != "closed")).all()
-        last_cycle = s.scalar(select(func.max(TradingCycle.started_at)))
+        scan = scheduled.get(SCAN_ENTRY)
+        scanned = scan is not None and scan.last_slot_at is not None and s.scalar(
+            select(TradingCycle.id).where(TradingCycle.slot_at >= scan.last_slot_at).limit(1)) is not None
     from beat_schedule import MONITOR_PREFIX
 
-    findings += [Finding("missing_monitor", "warning", f"position {p.id} has no monitor schedule (is beat running?)",
-                         p.symbol, p.id, {"status": p.status}) for p in positions
-                 if f"{MONITOR_PREFIX}{p.id}" not in scheduled and now - p.opened_at > grace]
-    session = rt.calendar.session_at(now)
-    stale_after = max(STALE_CYCLE_AFTER, timedelta(seconds=2 * rt.settings.scan_interval))
-    if session is not None and now - session.open > stale_after and (last_cycle is None or now - last_cycle > stale_after):
-        since = "never today" if last_cycle is None else f"for {_minutes(now - last_cycle)} min"
-        findings.append(Finding("stale_cycle", "warning", f"no scan cycle {since} while the market is open",
-                                ours={"last_cycle_at": last_cycle.isoformat() if last_cycle else None}))
+    findings = [Finding("missing_monitor", "warning", f"position {p.id} has no monitor schedule (is beat running?)",
+                        p.symbol, p.id, {"status": p.status}) for p in positions
+                if f"{MONITOR_PREFIX}{p.id}" not in scheduled and now - p.opened_at > grace]
+    stale = _stale_scans(rt, now, scan, scanned)
+    if stale:
+        findings.append(Finding("stale_cycle", "warning", f"{stale} while the market is open", ours={
+            "last_slot_at": scan.last_slot_at.isoformat() if scan and scan.last_slot_at else None,
+            "next_run_at": scan.next_run_at.isoformat() if scan and scan.next_run_at else None}))
     return findings
+
+
+def _stale_scans(rt: Runtime, now: datetime, scan: ScheduleEntry | None, scanned: bool) -> str | None:
+    """Why scanning has stalled in session for over 30 minutes, if it has (activity was due and none came)."""
+    session = rt.calendar.session_at(now)
+    if session is None or now - session.open <= STALE_CYCLE_AFTER:
+        return None
+    if scan is None:
+        return "beat has scheduled no scan today"
+    if scan.next_run_at is not None and now - scan.next_run_at > STALE_CYCLE_AFTER:
+        return f"the scan due at {scan.next_run_at.isoformat()} was never sent (is beat running?)"
+    if scan.last_slot_at is not None and not scanned and now - scan.last_slot_at > STALE_CYCLE_AFTER:
+        return f"the scan sent for {scan.last_slot_at.isoformat()} never ran (is a scan worker running?)"
+    return None
 
 
 # -- recording and small helpers ----------------------------------------------------------------------------------

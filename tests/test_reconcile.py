@@ -209,3 +209,18 @@ def test_reconcile_asks_the_broker_once_for_positions_and_once_for_open_orders(m
         reconcile(rt, fix=False)
         assert calls.count("list_positions") == 1 and calls.count("list_open_orders") == 1
         assert not {"get_position", "get_order", "get_order_by_id"} & set(calls)
+
+
+def test_a_scan_that_was_sent_but_never_ran_is_a_stale_cycle(market):
+    with market(CATALYST_CLOCK="sim:2025-03-04T11:30:00-05:00@1"):
+        now = get_runtime().clock.now()
+        with session_scope() as s:  # beat sent the 10:30 scan (and plans 12:00); no worker ever ran it
+            s.add(ScheduleEntry(name="scan-market", task="catalyst.scan_market", queue="scan", args=[],
+                                interval_seconds=1800, next_run_at=now + timedelta(minutes=30),
+                                last_slot_at=now - timedelta(minutes=60), total_sent=1, updated_at=now))
+        (finding,) = cli_reconcile()
+        assert finding["kind"] == "stale_cycle" and "never ran" in finding["detail"]
+        from catalyst.cycles import scan
+
+        scan(get_runtime(), now - timedelta(minutes=60))  # the scan runs after all
+        assert cli_reconcile() == []
