@@ -23,8 +23,10 @@ from catalyst.db.models import IndicatorSnapshot, Position, PositionMonitorStatu
 from catalyst.exits import ExitAssessment, HeldPosition, MarketFacts, assess_exit
 from catalyst.indicators import compute as compute_indicators
 from catalyst.brokers.base import BrokerError
-from catalyst.positions import RECENT_VOLUME_BARS, UnknownPosition, recent_volume, request_exit
-from catalyst.protection import raise_stop
+from catalyst.leg_watch import filled_leg
+from catalyst.positions import (RECENT_VOLUME_BARS, UnknownPosition, close_with_fills, recent_volume,
+                                recorded_sell_fills, request_exit)
+from catalyst.protection import ensure_protection, raise_stop
 from catalyst.records import bump, record_decision, wall_now
 from catalyst.runtime import Runtime
 
@@ -127,6 +129,8 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None,
             return MonitorOutcome(position_id, "redrive", position.exit_reason)
         view, entry_reason = held_view(position), position.entry_reason
     slot = slot or cycle_slot(rt, now)
+    if rt.broker.supports_legs and (closed := _closed_by_leg(rt, position_id, view, slot, worker)) is not None:
+        return closed
     quote = rt.market_data.quote(view.symbol, now)
     snap = shared_indicators(rt, view.symbol, slot, now, worker)
     now = rt.clock.now()  # judge at the time the facts arrived (a batched fetch may have taken a moment)
@@ -175,12 +179,29 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None,
     return MonitorOutcome(position_id, "hold", assessment.reason, assessment.signals)
 
 
+def _closed_by_leg(rt: Runtime, position_id: int, view: HeldPosition, slot: datetime,
+                   worker: str | None) -> MonitorOutcome | None:
+    """A bracket leg sold the position at the broker: close it with the legs' fills and reason."""
+    leg = filled_leg(rt, position_id, slot)
+    if leg is None:
+        return None
+    fills = recorded_sell_fills(position_id)
+    if sum(f.filled_qty for f in fills) + 1e-9 < view.qty:
+        return None  # part of it is still held: the exit path sells what is left
+    reason = "stop_loss" if leg.leg_purpose == "stop" else "take_profit"
+    closed = close_with_fills(rt, position_id, fills, reason=reason, worker=worker)
+    return MonitorOutcome(position_id, "closed", closed.exit_reason)
+
+
 def _trail_broker_stop(rt: Runtime, position_id: int, a: ExitAssessment) -> None:
-    """Keep the broker's stop leg a trailing distance under the high-watermark (best effort)."""
+    """Keep a live broker stop for the whole position (placing one if it has none), a trailing
+    distance under the high-watermark (best effort)."""
     trail = a.high_watermark * (1 - rt.profile.trailing_stop_pct / 100)
-    if trail >= a.price:
-        return  # the trail is already crossed: the signal flow decides, not a stop at the market
     try:
+        if ensure_protection(rt, position_id, a.price) is not None:
+            return  # placed at the position's stop just now; the trail moves it from the next check
+        if trail >= a.price:
+            return  # the trail is already crossed: the signal flow decides, not a stop at the market
         raise_stop(rt, position_id, trail)
     except BrokerError as exc:
         log.warning("stop_raise_failed", position_id=position_id, error=str(exc))

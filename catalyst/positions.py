@@ -99,6 +99,8 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
                                wait=rt.settings.fill_wait_seconds, pause_point="exit_after_submit")
         if report.filled_qty <= 0:
             log.warning("exit_not_filled", position_id=position_id, status=report.status, reason=report.reason)
+            if report.status == "rejected":
+                _protect_after_refusal(rt, position_id, symbol, remaining, report)
             break
     if _exit_progress(position_id, qty)[2] <= 1e-9:
         return _close_from_exit_orders(rt, position_id, worker)
@@ -106,6 +108,23 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
 
 
 FINISHED = ("filled", "canceled", "expired", "rejected", "done_for_day")
+
+
+def _protect_after_refusal(rt: Runtime, position_id: int, symbol: str, held: float, report: BrokerOrderReport):
+    """The broker refused the sell (e.g. 403 pattern-day-trader protection) after the legs were cancelled:
+    re-place a stop for what is held at once, tell the operator, and stop this run (the exit retries)."""
+    from catalyst.protection import ensure_protection
+
+    stop = ensure_protection(rt, position_id, allow_closing=True, qty=held)
+    now = rt.clock.now()
+    with session_scope() as s:
+        record_activity(s, "exit_refused", now, position_id=position_id, symbol=symbol, qty=held,
+                        reason=report.reason, client_order_id=report.client_order_id,
+                        protective_stop=stop.client_order_id if stop is not None else None)
+    log.error("exit_refused", position_id=position_id, symbol=symbol, reason=report.reason,
+              protective_stop=stop.client_order_id if stop is not None else None)
+    raise BrokerError(f"position {position_id}: the broker refused the sell of {held:g} {symbol} "
+                      f"({report.reason}); a stop protects the shares and the exit is retried")
 
 
 def _exit_progress(position_id: int, qty: float) -> tuple[int, float, float]:

@@ -315,18 +315,17 @@ def _unprotected(rt: Runtime, holdings: list[Holding], now: datetime, fix: bool)
 
 
 def _protect(rt: Runtime, h: Holding, finding: Finding) -> None:
-    from catalyst import protection
+    """Place a stop for what is held, never above the market (the exit signals decide there)."""
+    from catalyst.protection import ensure_protection
 
-    place = getattr(protection, "place_stop", None)
-    if place is None:
-        return
     try:
-        report = place(rt, h.position_id)
+        quote = rt.market_data.quote(h.symbol, rt.clock.now())
+        report = ensure_protection(rt, h.position_id, quote.price if quote else None, qty=h.qty, require_legs=False)
     except BrokerError as exc:
         finding.detail += f"; placing a stop failed ({exc})"
         return
     if report is not None:
-        finding.action = f"fixed: stop placed at {report.stop_price:g} for {report.qty:g}"
+        finding.action = f"fixed: stop placed at {report.stop_price or h.stop_loss_price:g} for {report.qty:g}"
 
 
 # -- 3. liveness -------------------------------------------------------------------------------------------------

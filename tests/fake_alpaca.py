@@ -11,15 +11,27 @@ One server answers both hosts: alpaca-py builds ``url_override + "/" + api_versi
 and stock data, ``v1beta1`` for screener and news), so every client shares ``base_url``.
 
 Behaviour: orders are market / limit / stop, ``order_class`` simple or bracket (legs: take-profit limit and
-stop, ``held`` until the parent fills, then ``new``; OCO — a leg filling or being canceled cancels its sibling).
+stop, ``held`` until the parent fills; OCO — a leg filling or being canceled cancels its sibling).
 ``POST /v2/orders`` replies with the order as accepted (fills are asynchronous at Alpaca); with ``auto_fill``
 the market order has filled by the time the next request arrives (``reply_before_fill=False`` to reply after).
 Everything fills at the current price. Sells larger than the long position minus shares held by open sell
 orders (an OCO pair holds its shares once) get 403 40310000; ``shorting_enabled`` lets a flat account go short.
 
+Strict by default, as Alpaca documents it (``STRICTNESS``; ``lenient(*names)`` turns one off for a test): the
+stop leg stays ``held`` after the parent fills (it still triggers), cancelling any order of a bracket cancels
+the group, DELETE is 204 and passes through ``pending_cancel`` (shares still held) until the next read, ``day``
+orders (legs included) expire at the session close (13:00 on early closes), outside the session market orders
+queue as ``accepted`` and fill at the open while nothing triggers (a gap fills at the open's price), PATCH
+refuses unchanged parameters (422 42210000 "order parameters are not changed") and orders no longer open
+("cannot replace order in filled status"), a partial take-profit fill resizes the stop leg, a filled leg's
+sibling is cancelled only by the next read (a fast market can fill both), and every response carries
+``X-RateLimit-Limit/-Remaining/-Reset``. ``null_snapshot_fields(symbol, *fields)`` answers snapshot fields null.
+
 Failure kinds for ``fail(method, path_prefix, kind, times=1)``: "timeout" (hold ``hold_seconds`` then close,
 not applied), "lost_reply" (applied, connection closed without a reply), "429" (X-RateLimit-* headers), "500",
-"422_duplicate". Method "*" matches any method. Wrong or missing key headers get 401 40110000.
+"422_duplicate", "403_pdt" (40310100 "trade denied due to pattern day trading protection", not applied),
+"reject_after_accept" (answered 200 ``accepted``, ``rejected`` by the next read). Method "*" matches any
+method. Wrong or missing key headers get 401 40110000.
 
 Control: ``now`` / ``advance``, ``set_session``, ``set_price``, ``set_bars``, ``fill``, ``partial_fills``,
 ``set_most_actives``, ``set_movers``, ``add_news``, ``auto_fill``, ``page_size``, ``account_overrides``.
@@ -50,7 +62,21 @@ from tests.local_server import LocalServer
 
 UTC = timezone.utc
 NY = ZoneInfo("America/New_York")
-FAILURE_KINDS = ("timeout", "lost_reply", "429", "500", "422_duplicate")
+FAILURE_KINDS = ("timeout", "lost_reply", "429", "500", "422_duplicate", "403_pdt", "reject_after_accept")
+# Alpaca's documented behaviour that a naive fake gets kind. All on by default; ``lenient(*names)`` turns
+# one off for a test that is about something else.
+STRICTNESS = frozenset({
+    "held_stop_leg",          # after the parent fills the take-profit leg is `new`, the stop leg stays `held`
+    "group_cancel",           # cancelling any order of a bracket cancels the whole group (parent included)
+    "pending_cancel",         # DELETE is 204 and the order is `pending_cancel` (shares held) until the next read
+    "day_expiry",             # unfilled `day` orders (legs included) expire at the session close
+    "queue_outside_session",  # outside the session market orders queue (`accepted`) and nothing triggers
+    "replace_unchanged",      # PATCH with the parameters the order already has is refused (422)
+    "resize_stop_on_partial",  # a partial take-profit fill resizes the stop leg to what is left
+    "oco_race",               # a filled leg's sibling is cancelled by the next read: a gap before it fills both
+    "rate_limit_headers",     # X-RateLimit-Limit / -Remaining / -Reset on every response
+})
+RATE_LIMIT = 200  # requests per minute
 OPEN_STATUSES = {"new", "accepted", "pending_new", "partially_filled", "held", "accepted_for_bidding",
                  "pending_cancel", "pending_replace", "calculated"}
 WORKING = {"new", "accepted", "pending_new", "partially_filled"}  # may fill now (held legs may not)
@@ -108,6 +134,9 @@ class _Order:
     extended_hours: bool = False
     legs: list[str] = field(default_factory=list)
     parent: str | None = None
+    expired_at: datetime | None = None
+    failed_at: datetime | None = None
+    queued: bool = False        # a market order waiting for the session to open
 
     @property
     def remaining(self) -> float:
@@ -163,12 +192,20 @@ class FakeAlpaca(LocalServer):
     def __init__(self, key_id: str = "PKFAKE0000000000TEST", secret: str = "fake-secret-key", *,
                  cash: float = 100_000.0,
                  now: datetime | None = None, auto_fill: bool = True, reply_before_fill: bool = True,
-                 shorting_enabled: bool = False, hold_seconds: float = 5.0, page_size: int = 10_000):
+                 shorting_enabled: bool = False, hold_seconds: float = 5.0, page_size: int = 10_000,
+                 strict: frozenset[str] | set[str] = STRICTNESS):
         self.key_id, self.secret = key_id, secret
         self.auto_fill, self.reply_before_fill, self.shorting_enabled = auto_fill, reply_before_fill, shorting_enabled
         self.hold_seconds = hold_seconds      # how long "timeout" holds a request (interrupted at shutdown)
         self.page_size = page_size            # server-side cap on bars / news per page, to exercise paging
         self.account_overrides: dict[str, Any] = {}   # e.g. {"trading_blocked": True}
+        unknown = set(strict) - STRICTNESS
+        assert not unknown, f"unknown strictness {unknown}; one of {sorted(STRICTNESS)}"
+        self.strict: set[str] = set(strict)
+        self.snapshot_nulls: dict[str, set[str]] = {}  # symbol -> snapshot fields answered as null
+        self._pending: list[tuple[str, str]] = []     # (order id, final status) applied on the next request
+        self._reject_next = False
+        self._rate_window: tuple[int, int] = (0, 0)   # (minute, requests in it)
         self.requests: list[RecordedRequest] = []
         self.account_id = str(uuid.uuid4())
         self._now = now
@@ -198,11 +235,13 @@ class FakeAlpaca(LocalServer):
         assert value is None or value.tzinfo is not None, "use a timezone-aware datetime"
         with self._lock:
             self._now = value
+            self._sweep()
 
     def advance(self, **delta: float) -> datetime:
         """Move the frozen clock forward, e.g. ``advance(minutes=5)``."""
         with self._lock:
             self._now = self.now + timedelta(**delta)
+            self._sweep()
             return self._now
 
     def set_price(self, symbol: str, price: float, *, prev_close: float | None = None, volume: float = 0.0) -> None:
@@ -216,6 +255,7 @@ class FakeAlpaca(LocalServer):
             if prev_close is not None:
                 m.prev_close = prev_close
             m.volume, m.trades, m.at = m.volume + (volume or 100), m.trades + 1, self.now
+            self._sweep()
             self._check_triggers(symbol)
 
     def set_bars(self, symbol: str, bars: list[tuple]) -> None:
@@ -250,6 +290,23 @@ class FakeAlpaca(LocalServer):
         with self._lock:
             self._failures.append([method.upper(), path, kind, times])
 
+    def lenient(self, *names: str) -> None:
+        """Turn off strictness ``names`` (see ``STRICTNESS``) for this fake."""
+        unknown = set(names) - STRICTNESS
+        assert not unknown, f"unknown strictness {unknown}; one of {sorted(STRICTNESS)}"
+        with self._lock:
+            self.strict -= set(names)
+
+    def null_snapshot_fields(self, symbol: str, *fields: str) -> None:
+        """Answer these snapshot fields (``latestTrade``, ``latestQuote``, ``minuteBar``, ``dailyBar``,
+        ``prevDailyBar``) as ``null`` for ``symbol``, as Alpaca does for a thinly traded or new symbol."""
+        with self._lock:
+            self.snapshot_nulls[symbol] = set(fields)
+
+    def in_session(self, at: datetime | None = None) -> bool:
+        at = at or self.now
+        return any(o <= at < c for _, o, c in self.sessions(at.date() - timedelta(days=1), at.date() + timedelta(days=1)))
+
     def partial_fills(self, symbol: str, fraction: float | None) -> None:
         """Market orders for ``symbol`` fill only ``fraction`` of their qty (rest waits for ``fill``); None = off."""
         with self._lock:
@@ -262,7 +319,7 @@ class FakeAlpaca(LocalServer):
         """Fill an open order (by id or client_order_id): all remaining qty, or ``qty`` (a partial fill)."""
         with self._lock:
             o = self._find(order_id)
-            if o.status not in WORKING:
+            if not self._live(o):
                 raise ValueError(f"order {o.id} is {o.status}, cannot fill")
             self._fill(o, o.remaining if qty is None else qty, self._market[o.symbol].price if price is None else price)
             return self._order_json(o)
@@ -310,20 +367,24 @@ class FakeAlpaca(LocalServer):
 
     def orders_by_client_id(self) -> dict[str, dict]:
         with self._lock:
+            self._sweep()
             return {o.client_order_id: self._order_json(o) for o in self._orders.values()}
 
     @property
     def orders(self) -> list[dict]:
         with self._lock:
+            self._sweep()
             return [self._order_json(o) for o in self._orders.values()]
 
     def order(self, id_or_client_id: str) -> dict:
         with self._lock:
+            self._sweep()
             return self._order_json(self._find(id_or_client_id))
 
     @property
     def positions(self) -> dict[str, dict]:
         with self._lock:
+            self._sweep()
             return {s: self._position_json(s) for s in self._positions}
 
     @property
@@ -359,12 +420,14 @@ class FakeAlpaca(LocalServer):
 
             def reply(self, status: int, payload: Any, headers: dict | None = None) -> None:
                 data = b"" if payload is None else json.dumps(payload).encode()
+                headers = {**fake._rate_headers(), **(headers or {})}
                 try:
                     self.send_response(status)
-                    self.send_header("content-type", "application/json; charset=UTF-8")
+                    if status != 204:
+                        self.send_header("content-type", "application/json; charset=UTF-8")
                     self.send_header("content-length", str(len(data)))
                     self.send_header("x-request-id", uuid.uuid4().hex)
-                    for k, v in (headers or {}).items():
+                    for k, v in headers.items():
                         self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(data)
@@ -378,6 +441,10 @@ class FakeAlpaca(LocalServer):
     def _handle(self, handler, req: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(req)
+            self._count_rate()
+            if req.method == "GET":  # a pending cancel (or late rejection) is seen by the next read, not sooner
+                self._settle_pending()
+            self._sweep()
             kind = self._take_failure(req.method, req.path)
         if kind == "timeout":
             self._stopping.wait(self.hold_seconds)
@@ -391,13 +458,18 @@ class FakeAlpaca(LocalServer):
             return handler.reply(500, {"code": 50010000, "message": "internal server error occurred"})
         if kind == "422_duplicate":
             return handler.reply(422, {"code": 40010001, "message": "client_order_id must be unique"})
+        if kind == "403_pdt":
+            return handler.reply(403, {"code": 40310100, "message": "trade denied due to pattern day trading protection"})
         if req.headers.get("apca-api-key-id") != self.key_id or req.headers.get("apca-api-secret-key") != self.secret:
             return handler.reply(401, {"code": 40110000, "message": "request is not authorized"})
         with self._lock:
+            self._reject_next = kind == "reject_after_accept"
             try:
                 status, payload = self._dispatch(req)
             except ApiError as e:
                 status, payload = e.status, e.body
+            finally:
+                self._reject_next = False
         if kind == "lost_reply":  # applied above; the reply never arrives
             handler.close_connection = True
             return
@@ -499,7 +571,8 @@ class FakeAlpaca(LocalServer):
     def _order_json(self, o: _Order, legs: bool = True) -> dict:
         return {"id": o.id, "client_order_id": o.client_order_id, "created_at": _ts(o.created_at),
                 "updated_at": _ts(o.updated_at or o.created_at), "submitted_at": _ts(o.created_at),
-                "filled_at": _ts(o.filled_at), "expired_at": None, "canceled_at": _ts(o.canceled_at), "failed_at": None,
+                "filled_at": _ts(o.filled_at), "expired_at": _ts(o.expired_at), "canceled_at": _ts(o.canceled_at),
+                "failed_at": _ts(o.failed_at),
                 "replaced_at": _ts(o.replaced_at), "replaced_by": o.replaced_by, "replaces": o.replaces,
                 "asset_id": _asset_id(o.symbol), "symbol": o.symbol, "asset_class": "us_equity", "notional": None,
                 "qty": _num(o.qty), "filled_qty": _num(o.filled_qty), "filled_avg_price": _num(o.filled_avg_price),
@@ -589,14 +662,26 @@ class FakeAlpaca(LocalServer):
             sl_leg = self._new_order(symbol, exit_side, "stop", qty, tif, stop_price=float(sl["stop_price"]), **kw)
             o.legs = [tp_leg.id, sl_leg.id]
         reply = self._order_json(o)
-        if otype == "market" and self.auto_fill:
-            fraction = self._partial.get(symbol)
-            qty_now = qty if fraction is None else float(int(qty * fraction)) if qty == int(qty) else qty * fraction
-            if qty_now > 0:
-                self._fill(o, qty_now, self._market[symbol].price)
-        elif otype != "market":
+        if self._reject_next:  # accepted now, rejected a moment later (risk checks after the 200)
+            self._pending.append((o.id, "rejected"))
+        elif otype == "market":
+            self._market_order_arrived(o)
+        else:
             self._check_triggers(symbol)
         return 200, (reply if self.reply_before_fill else self._order_json(o))
+
+    def _market_order_arrived(self, o: _Order) -> None:
+        """Fill at once in the session; outside it queue until the open (strict)."""
+        if not self.auto_fill:
+            return
+        if "queue_outside_session" in self.strict and not self.in_session():
+            o.queued = True
+            return
+        fraction = self._partial.get(o.symbol)
+        qty = o.remaining
+        qty_now = qty if fraction is None else float(int(qty * fraction)) if qty == int(qty) else qty * fraction
+        if qty_now > 0:
+            self._fill(o, qty_now, self._market[o.symbol].price)
 
     def _get_orders(self, req) -> tuple[int, list]:
         q = req.query
@@ -632,14 +717,95 @@ class FakeAlpaca(LocalServer):
         raise ApiError(404, 40410000, "order not found")
 
     def _cancel(self, o: _Order) -> None:
-        """Cancel ``o`` and its legs; canceling a leg cancels its open sibling too (OCO)."""
-        if o.status not in OPEN_STATUSES:
+        """Cancel ``o``: its legs and the OCO sibling go too, and (strict) the whole bracket group.
+
+        Strict: the orders become ``pending_cancel`` (still holding their shares) and turn ``canceled``
+        by the next read (GET); an order sent in between still finds the shares held.
+        """
+        if o.status not in OPEN_STATUSES or o.status in ("pending_cancel", "pending_replace"):
             raise ApiError(422, 42210000, f'order is already in "{o.status}" state')
         group = [o] + [self._orders[i] for i in o.legs] + ([self._orders[i] for i in self._orders[o.parent].legs]
                                                            if o.parent else [])
+        if o.parent and "group_cancel" in self.strict:
+            group.append(self._orders[o.parent])
         for x in group:
-            if x.status in OPEN_STATUSES:
-                x.status, x.canceled_at, x.updated_at = "canceled", self.now, self.now
+            if x.status in OPEN_STATUSES and x.status != "pending_cancel":
+                self._end(x, "canceled")
+
+    def _end(self, o: _Order, status: str) -> None:
+        """Take an open order out of the book: at once, or (strict) through ``pending_cancel``."""
+        o.updated_at, o.queued = self.now, False
+        if status == "canceled" and "pending_cancel" in self.strict:
+            o.status = "pending_cancel"
+            self._pending.append((o.id, "canceled"))
+            return
+        o.status = status
+        if status == "canceled":
+            o.canceled_at = self.now
+        elif status == "expired":
+            o.expired_at = self.now
+        elif status == "rejected":
+            o.failed_at = self.now
+
+    def _settle_pending(self) -> None:
+        """What was asked before this read has happened now: pending cancels, late rejections."""
+        pending, self._pending = self._pending, []
+        for oid, status in pending:
+            o = self._orders[oid]
+            if o.status in OPEN_STATUSES:
+                o.status, o.updated_at = status, self.now
+                if status == "canceled":
+                    o.canceled_at = self.now
+                else:
+                    o.failed_at = self.now
+                    for i in o.legs:
+                        if self._orders[i].status in OPEN_STATUSES:
+                            self._orders[i].status, self._orders[i].canceled_at = "canceled", self.now
+
+    def _sweep(self) -> None:
+        """Apply the passage of time: day orders expire at the close, queued orders fill at the open."""
+        now = self.now
+        if "day_expiry" in self.strict:
+            closes: dict[date, list[datetime]] = {}
+            for o in self._orders.values():
+                if o.time_in_force != "day" or o.status not in OPEN_STATUSES or o.extended_hours:
+                    continue
+                d = o.created_at.date()
+                if d not in closes:
+                    closes[d] = [c for _, _, c in self.sessions(d - timedelta(days=1), d + timedelta(days=14))]
+                close = next((c for c in closes[d] if c > o.created_at), None)  # the close of its session
+                if close is not None and close <= now:
+                    o.status, o.expired_at, o.updated_at, o.queued = "expired", close, close, False
+        if not self.in_session(now):
+            return
+        for o in list(self._orders.values()):
+            if o.queued and o.status in OPEN_STATUSES:
+                o.queued = False
+                self._market_order_arrived(o)
+        for symbol in {o.symbol for o in self._orders.values() if o.status in OPEN_STATUSES}:
+            self._check_triggers(symbol)
+
+    def _live(self, o: _Order) -> bool:
+        """May this order fill now? Working orders, and a `held` stop leg once its parent has filled."""
+        if o.status in WORKING:
+            return True
+        if o.status == "held" and o.parent:
+            parent = self._orders[o.parent]
+            return parent.status == "filled" or (parent.status not in OPEN_STATUSES and parent.filled_qty > 0)
+        return False
+
+    def _count_rate(self) -> None:
+        minute = int(time.time() // 60)
+        current, n = self._rate_window
+        self._rate_window = (minute, n + 1 if current == minute else 1)
+
+    def _rate_headers(self) -> dict[str, str]:
+        if "rate_limit_headers" not in self.strict:
+            return {}
+        with self._lock:
+            minute, n = self._rate_window
+        return {"X-RateLimit-Limit": str(RATE_LIMIT), "X-RateLimit-Remaining": str(max(RATE_LIMIT - n, 0)),
+                "X-RateLimit-Reset": str((minute + 1) * 60)}
 
     def _delete_order(self, req, oid) -> tuple[int, None]:
         if oid not in self._orders:
@@ -650,7 +816,7 @@ class FakeAlpaca(LocalServer):
     def _delete_orders(self, req) -> tuple[int, list]:
         targets = [o for o in self._orders.values() if o.status in OPEN_STATUSES]
         for o in targets:
-            if o.status in OPEN_STATUSES:
+            if o.status in OPEN_STATUSES and o.status not in ("pending_cancel", "pending_replace"):
                 self._cancel(o)
         return 207, [{"id": o.id, "status": 200, "body": self._order_json(o)} for o in targets]
 
@@ -658,18 +824,24 @@ class FakeAlpaca(LocalServer):
         if oid not in self._orders:
             raise ApiError(404, 40410000, "order not found")
         old, b = self._orders[oid], req.body if isinstance(req.body, dict) else {}
-        if old.status not in OPEN_STATUSES:
-            raise ApiError(422, 42210000, f'order is already in "{old.status}" state')
+        if old.status not in OPEN_STATUSES or old.status in ("pending_cancel", "pending_replace"):
+            raise ApiError(422, 42210000, f"cannot replace order in {old.status} status")
         cid = b.get("client_order_id")
         if cid and any(o.client_order_id == cid for o in self._orders.values()):
             raise ApiError(422, 40010001, "client_order_id must be unique")
         pick = lambda k, cur: float(b[k]) if b.get(k) is not None else cur  # noqa: E731
-        new = self._new_order(old.symbol, old.side, old.type, pick("qty", old.qty), b.get("time_in_force") or
-                              old.time_in_force, cid, order_class=old.order_class, parent=old.parent,
-                              limit_price=pick("limit_price", old.limit_price),
-                              stop_price=pick("stop_price", old.stop_price),
+        qty, limit, stop = pick("qty", old.qty), pick("limit_price", old.limit_price), pick("stop_price", old.stop_price)
+        tif = b.get("time_in_force") or old.time_in_force
+        if "replace_unchanged" in self.strict and (qty, limit, stop, tif) == (old.qty, old.limit_price,
+                                                                             old.stop_price, old.time_in_force):
+            raise ApiError(422, 42210000, "order parameters are not changed")
+        if old.type == "limit" and b.get("stop_price") is not None:
+            raise ApiError(422, 42210000, "limit orders must not have stop_price")
+        new = self._new_order(old.symbol, old.side, old.type, qty, tif, cid, order_class=old.order_class,
+                              parent=old.parent, limit_price=limit, stop_price=stop,
                               status="held" if old.status == "held" else "new", replaces=old.id, legs=list(old.legs),
                               extended_hours=old.extended_hours)
+        new.filled_qty = old.filled_qty
         old.status, old.replaced_at, old.replaced_by, old.updated_at = "replaced", self.now, new.id, self.now
         for o in self._orders.values():
             if o.parent == old.id:
@@ -705,17 +877,27 @@ class FakeAlpaca(LocalServer):
             self._positions[o.symbol] = [new, (abs(old) * avg + qty * price) / abs(new)]
         else:  # reduced, or crossed through zero
             self._positions[o.symbol] = [new, avg if old * new > 0 else price]
-        if o.status != "filled":
-            return
-        if o.legs:  # parent filled: the exit legs become live
-            for i in o.legs:
-                if self._orders[i].status == "held":
-                    self._orders[i].status, self._orders[i].updated_at = "new", self.now
-        if o.parent:  # one leg filled: OCO cancels the sibling
-            for i in self._orders[o.parent].legs:
+        if o.parent and o.status == "partially_filled" and "resize_stop_on_partial" in self.strict:
+            for i in self._orders[o.parent].legs:  # the sibling now guards only what is left
                 sib = self._orders[i]
                 if sib is not o and sib.status in OPEN_STATUSES:
-                    sib.status, sib.canceled_at, sib.updated_at = "canceled", self.now, self.now
+                    sib.qty, sib.updated_at = round(sib.filled_qty + o.remaining, 9), self.now
+        if o.status != "filled":
+            return
+        if o.legs:  # parent filled: the exit legs become live (Alpaca keeps the stop leg `held` until it triggers)
+            for i in o.legs:
+                leg = self._orders[i]
+                if leg.status == "held" and not (leg.type == "stop" and "held_stop_leg" in self.strict):
+                    leg.status, leg.updated_at = "new", self.now
+        if o.parent:  # one leg filled: OCO cancels the sibling (strict: only by the next request)
+            for i in self._orders[o.parent].legs:
+                sib = self._orders[i]
+                if sib is not o and sib.status in OPEN_STATUSES and sib.status != "pending_cancel":
+                    if "oco_race" in self.strict:
+                        sib.updated_at = self.now
+                        self._pending.append((sib.id, "canceled"))
+                    else:
+                        sib.status, sib.canceled_at, sib.updated_at = "canceled", self.now, self.now
         self._check_triggers(o.symbol)
 
     def _crosses(self, o: _Order, price: float) -> bool:
@@ -728,9 +910,11 @@ class FakeAlpaca(LocalServer):
     def _check_triggers(self, symbol: str) -> None:
         if symbol not in self._market:
             return
+        if "queue_outside_session" in self.strict and not self.in_session():
+            return  # nothing triggers outside the session: a gap fills at the open's price
         price = self._market[symbol].price
         for o in list(self._orders.values()):
-            if o.symbol == symbol and o.status in WORKING and self._crosses(o, price):
+            if o.symbol == symbol and self._live(o) and self._crosses(o, price):
                 self._fill(o, o.remaining, price)
 
     # -- trading: positions --------------------------------------------------------------------------
@@ -768,8 +952,7 @@ class FakeAlpaca(LocalServer):
         self._check_available(symbol, side, qty)
         o = self._new_order(symbol, side, "market", qty, "day")
         reply = self._order_json(o)
-        if self.auto_fill:
-            self._fill(o, qty, self._market[symbol].price)
+        self._market_order_arrived(o)
         return reply if self.reply_before_fill else self._order_json(o)
 
     def _delete_position(self, req, symbol) -> tuple[int, dict]:
@@ -808,6 +991,8 @@ class FakeAlpaca(LocalServer):
                       "prevDailyBar": {"t": _ts(self._day_start(prev_day)), "o": m.prev_close, "h": m.prev_close,
                                        "l": m.prev_close, "c": m.prev_close, "v": 1_000_000, "n": 10_000,
                                        "vw": m.prev_close}}
+            for name in self.snapshot_nulls.get(s, ()):
+                out[s][name] = None
         return 200, out
 
     def _synth_bars(self, symbol: str, timeframe: str, start: datetime, end: datetime) -> list[tuple]:

@@ -59,7 +59,7 @@ def test_entry_is_a_bracket_and_exit_cancels_both_legs_then_sells_once(fake, mar
     legs = position_orders(position.id)
     assert legs["entry"].status == "filled" and legs["entry"].broker_order_id == parent["id"]
     assert {legs["stop"].stop_price, legs["take_profit"].limit_price} == {95.0, 115.0}
-    assert legs["stop"].status == legs["take_profit"].status == "new"
+    assert (legs["stop"].status, legs["take_profit"].status) == ("held", "new")  # Alpaca rests the stop leg held
 
     assert request_exit(get_runtime(), position.id, "near_close")
     closed = execute_exit(get_runtime(), position.id)
@@ -112,6 +112,7 @@ def test_a_duplicate_client_id_is_adopted_not_sold_again(fake, market):
 
     raw = TradingClient(fake.key_id, fake.secret, paper=True, url_override=fake.base_url)
     raw.cancel_order_by_id(fake.order("entry-c1-ACME")["legs"][0]["id"])  # OCO: its sibling goes too
+    raw.get_order_by_client_id("entry-c1-ACME")  # the cancel was followed until done (pending_cancel holds shares)
     raw.submit_order(MarketOrderRequest(symbol="ACME", qty=10, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
                                         client_order_id=exit_client_order_id(position.id)))
     closed = execute_exit(get_runtime(), position.id)
@@ -124,9 +125,7 @@ def test_a_stop_leg_filled_at_the_broker_is_the_exit_and_nothing_is_sold(fake, m
     position = open_acme()
     market.set("ACME", 94.0)  # through the 95.00 stop: Alpaca fills the stop leg and cancels the target
     next_cycle()
-    outcome = check_position(get_runtime(), position.id)
-    assert outcome.action == "exit"
-    closed = execute_exit(get_runtime(), position.id)
+    closed = check_then_exit(position.id)
     assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "stop_loss", 94.0)
     assert sells(fake) == [] and "ACME" not in fake.positions
     assert position_orders(position.id)["stop"].status == "filled"
@@ -212,9 +211,10 @@ def test_scan_ranks_alpaca_most_actives_and_movers_with_news_as_the_catalyst(fak
 def test_keys_never_reach_logs_errors_or_decisions(fake, market, capfd):
     from catalyst.db.models import AgentLog, Decision
 
+    market.set("BETA", 20.0)
     fake.fail("POST", "/v2/orders", "500")
     with pytest.raises(Exception):
-        open_acme("entry-fails")
+        open_position(get_runtime(), symbol="BETA", qty=5, client_order_id="entry-fails")
     position = open_acme()
     request_exit(get_runtime(), position.id, "manual")
     fake.fail("*", "/v2/orders", "429", times=2)
@@ -254,3 +254,178 @@ def test_a_partially_filled_exit_sells_the_rest_under_a_new_client_id(fake, mark
     closed = execute_exit(get_runtime(), position.id)  # the retry sells what is left, once
     assert (closed.status, closed.exit_price) == ("closed", 100.0)
     assert "ACME" not in fake.positions
+
+
+# -- issue 7: unknown outcomes are never taken for refusals ----------------------------------------------
+
+def test_a_duplicate_id_refusal_whose_order_cannot_be_found_is_unknown_not_rejected(fake, market):
+    position = open_acme()
+    request_exit(get_runtime(), position.id, "manual")
+    # Alpaca says "client_order_id must be unique", yet the lookup by that id answers 404 (not visible yet):
+    # the sell may exist, so it is neither rejected nor sent again under the next id.
+    fake.fail("POST", "/v2/orders", "422_duplicate")
+    with pytest.raises(OrderPending):
+        execute_exit(get_runtime(), position.id)
+    exits = query(lambda s: s.scalars(select(Order).where(Order.purpose == "exit")).all())
+    assert [(o.client_order_id, o.status) for o in exits] == [(exit_client_order_id(position.id), "unknown")]
+    assert query(lambda s: s.get(Position, position.id)).status == "closing"
+    closed = execute_exit(get_runtime(), position.id)  # the retry resumes the same client id
+    assert closed.status == "closed" and len(sells(fake)) == 1
+    assert [o["client_order_id"] for o in sells(fake)] == [exit_client_order_id(position.id)]
+
+
+def check_then_exit(pid):
+    """One monitor check, and the exit task it asks for (a check that sees a filled leg closes by itself)."""
+    outcome = check_position(get_runtime(), pid)
+    assert outcome.action in ("exit", "closed"), outcome
+    if outcome.action == "exit":
+        execute_exit(get_runtime(), pid)
+    return query(lambda s: s.get(Position, pid))
+
+
+def live_stops(fake, symbol="ACME"):
+    return [o for o in fake.orders if o["symbol"] == symbol and o["type"] == "stop"
+            and o["status"] in ("new", "held", "accepted")]
+
+
+def db_stop(pid):
+    return query(lambda s: s.scalar(select(Order).where(Order.position_id == pid, Order.purpose == "stop",
+                                                        Order.status.not_in(("replaced", "canceled")))))
+
+
+def test_a_timed_out_stop_replace_is_resolved_and_the_trail_continues(fake, market):
+    position = open_acme()
+    market.set("ACME", 108.0)
+    next_cycle()
+    fake.fail("PATCH", "/v2/orders", "timeout")  # the raise never reaches the book, and no answer comes
+    assert check_position(get_runtime(), position.id).action == "hold"
+    (live,) = live_stops(fake)
+    assert db_stop(position.id).broker_order_id == live["id"] and float(live["stop_price"]) == 95.0
+    market.set("ACME", 109.0)
+    next_cycle()
+    check_position(get_runtime(), position.id)  # the next cycle raises the stop as if nothing happened
+    (live,) = live_stops(fake)
+    assert float(live["stop_price"]) == round(109.0 * 0.97, 2)
+    assert db_stop(position.id).broker_order_id == live["id"]
+    assert query(lambda s: s.get(Position, position.id)).stop_loss_price == round(109.0 * 0.97, 2)
+
+
+def test_a_lost_stop_replace_reply_is_resolved_and_the_new_leg_protects_the_position(fake, market):
+    position = open_acme()
+    market.set("ACME", 108.0)
+    next_cycle()
+    fake.fail("PATCH", "/v2/orders", "lost_reply")  # Alpaca replaced the stop leg; its answer was lost
+    assert check_position(get_runtime(), position.id).action == "hold"
+    (live,) = live_stops(fake)
+    assert float(live["stop_price"]) == round(108.0 * 0.97, 2)
+    stop = db_stop(position.id)
+    assert (stop.broker_order_id, stop.stop_price) == (live["id"], round(108.0 * 0.97, 2))
+    assert query(lambda s: s.get(Position, position.id)).stop_loss_price == round(108.0 * 0.97, 2)
+
+    market.set("ACME", 109.0)
+    next_cycle()
+    check_position(get_runtime(), position.id)  # the trail goes on from the leg Alpaca really has
+    (live,) = live_stops(fake)
+    assert float(live["stop_price"]) == round(109.0 * 0.97, 2) and db_stop(position.id).broker_order_id == live["id"]
+
+    market.set("ACME", 105.0)  # through the raised stop: Alpaca sells; we close from that fill
+    next_cycle()
+    closed = check_then_exit(position.id)
+    assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "stop_loss", 105.0)
+    assert sells(fake) == [] and "ACME" not in fake.positions
+
+
+def test_every_order_request_whose_answer_is_lost_is_an_unknown_outcome(fake, market):
+    from catalyst.brokers.base import BrokerError, OrderOutcomeUnknown
+
+    broker = get_runtime().broker
+    position = open_acme()
+    stop_id = position_orders(position.id)["stop"].broker_order_id
+    fake.fail("PATCH", "/v2/orders", "500")
+    with pytest.raises(OrderOutcomeUnknown):
+        broker.replace_stop(stop_id, 96.0)
+    fake.fail("PATCH", "/v2/orders", "lost_reply")
+    with pytest.raises(OrderOutcomeUnknown):
+        broker.replace_stop(stop_id, 96.0)
+    new_id = broker.get_order_by_id(stop_id).replaced_by  # resolved by asking: the replace was applied
+    assert new_id and broker.get_order_by_id(new_id).stop_price == 96.0
+    fake.fail("DELETE", "/v2/orders", "lost_reply")
+    with pytest.raises(OrderOutcomeUnknown):
+        broker.cancel_order(new_id)
+    fake.fail("GET", "/v2/clock", "500")
+    with pytest.raises(BrokerError):
+        broker.clock()
+    fake.fail("GET", "/v2/orders", "lost_reply")
+    with pytest.raises(BrokerError):
+        broker.get_order_by_id(new_id)
+    assert broker.get_order_by_id(new_id).status in ("canceled", "pending_cancel")
+
+
+def test_the_stop_leg_survives_the_close_and_protects_the_position_overnight(fake, pg_url, redis_url, tmp_path):
+    from tests.support import environment
+
+    with environment(alpaca_env(fake, pg_url, redis_url, tmp_path)):
+        clock = ManualClock(START)
+        rt = build_runtime(get_settings(), clock)
+        use_runtime(rt)
+        fake.set_price("ACME", 100.0)
+        position = open_position(rt, symbol="ACME", qty=10, client_order_id="entry-c1-ACME")
+        # Held past the close (max hold is 24 h): Alpaca cancels whatever is `day` at 16:00.
+        clock.set(START.replace(hour=20))
+        fake.now = clock.now()
+        clock.set(START + timedelta(days=1, hours=-1))  # 09:00 the next morning, before the open
+        fake.now = clock.now()
+        tp, stop = fake.order("entry-c1-ACME")["legs"]
+        assert (tp["status"], stop["status"]) == ("new", "held") and stop["time_in_force"] == "gtc"
+        clock.set(START + timedelta(days=1, minutes=-29))  # 09:31: the open gaps down through the stop
+        fake.now = clock.now()
+        fake.set_price("ACME", 90.0)
+        assert fake.order(stop["id"])["status"] == "filled"
+        closed = check_then_exit(position.id)
+        assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "stop_loss", 90.0)
+        assert sells(fake) == [] and "ACME" not in fake.positions
+
+
+def test_a_partly_filled_entry_gets_a_broker_stop_for_what_filled(fake, market):
+    fake.partial_fills("ACME", 0.6)
+    position = open_acme(qty=10)  # 6 fill; cancelling the rest makes Alpaca cancel the bracket's legs too
+    fake.partial_fills("ACME", None)
+    assert position.qty == 6 and live_stops(fake) == []
+    next_cycle()
+    assert check_position(get_runtime(), position.id).action == "hold"
+    (stop,) = live_stops(fake)  # protection restored within one check: a standalone gtc stop for the 6 held
+    assert (stop["qty"], stop["time_in_force"], float(stop["stop_price"])) == ("6", "gtc", 95.0)
+    row = db_stop(position.id)
+    assert (row.broker_order_id, row.client_order_id, row.qty) == (stop["id"], f"stop-p{position.id}-1", 6)
+    next_cycle()
+    check_position(get_runtime(), position.id)  # already protected: nothing more is placed (the trail may move it)
+    assert len(live_stops(fake)) == 1
+    assert [o["client_order_id"] for o in fake.orders if o["client_order_id"].startswith("stop-p")] == \
+        [f"stop-p{position.id}-1"]
+
+    market.set("ACME", 94.0)  # through the stop: Alpaca sells the 6; the position closes from that fill
+    next_cycle()
+    closed = check_then_exit(position.id)
+    assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "stop_loss", 94.0)
+    assert sells(fake) == [] and "ACME" not in fake.positions
+
+
+def test_a_refused_exit_leaves_the_position_protected_and_tells_the_operator(fake, market):
+    from catalyst.brokers.base import BrokerError
+    from catalyst.db.models import ActivityLog
+
+    position = open_acme()
+    request_exit(get_runtime(), position.id, "rsi_overbought")
+    fake.fail("POST", "/v2/orders", "403_pdt")  # Alpaca refuses the sell: pattern day trader protection
+    with pytest.raises(BrokerError, match="pattern day trading"):
+        execute_exit(get_runtime(), position.id)
+    (stop,) = live_stops(fake)  # the shares are never left without a stop
+    assert (stop["qty"], stop["time_in_force"], float(stop["stop_price"])) == ("10", "gtc", 95.0)
+    assert db_stop(position.id).broker_order_id == stop["id"] and fake.positions["ACME"]["qty"] == "10"
+    refused = query(lambda s: s.scalars(select(ActivityLog).where(ActivityLog.event == "exit_refused")).all())
+    assert len(refused) == 1 and "pattern day trading" in refused[0].details["reason"]
+    assert query(lambda s: s.get(Position, position.id)).status == "closing"
+
+    closed = execute_exit(get_runtime(), position.id)  # once the broker allows it, the retry sells once
+    assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "rsi_overbought", 100.0)
+    assert len(sells(fake)) == 1 and "ACME" not in fake.positions and live_stops(fake) == []

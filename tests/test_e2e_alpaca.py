@@ -45,7 +45,7 @@ def test_bracket_entry_is_monitored_and_exits_once_cancelling_its_legs(fake, pg_
         (position,) = query(lambda s: s.scalars(select(Position)).all())
         parent = fake.orders_by_client_id()[query(lambda s: s.scalar(
             select(Order.client_order_id).where(Order.purpose == "entry")))]
-        assert parent["order_class"] == "bracket" and [leg["status"] for leg in parent["legs"]] == ["new", "new"]
+        assert parent["order_class"] == "bracket" and [leg["status"] for leg in parent["legs"]] == ["new", "held"]
         wait_for(lambda: query(lambda s: s.get(ScheduleEntry, f"monitor-position-{position.id}")), 10,
                  what="the position's monitor entry")
 

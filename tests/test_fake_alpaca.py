@@ -40,13 +40,15 @@ def trading(fake: FakeAlpaca, timeout: float | None = None) -> TradingClient:
     return client
 
 
-def buy(symbol: str, qty: float, cid: str | None = None, **kw) -> MarketOrderRequest:
-    return MarketOrderRequest(symbol=symbol, qty=qty, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
-                              client_order_id=cid, **kw)
+def buy(symbol: str, qty: float, cid: str | None = None, tif: TimeInForce = TimeInForce.DAY,
+        **kw) -> MarketOrderRequest:
+    return MarketOrderRequest(symbol=symbol, qty=qty, side=OrderSide.BUY, time_in_force=tif, client_order_id=cid,
+                              **kw)
 
 
-def bracket(symbol: str, qty: float, tp: float, sl: float, cid: str | None = None) -> MarketOrderRequest:
-    return buy(symbol, qty, cid, order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=tp),
+def bracket(symbol: str, qty: float, tp: float, sl: float, cid: str | None = None,
+            tif: TimeInForce = TimeInForce.DAY) -> MarketOrderRequest:
+    return buy(symbol, qty, cid, tif, order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=tp),
                stop_loss=StopLossRequest(stop_price=sl))
 
 
@@ -129,7 +131,7 @@ def test_bracket_legs_held_then_new_and_reserve_shares(fake):
     assert parent.order_class == OrderClass.BRACKET
     assert [(leg.type.value, leg.status) for leg in parent.legs] == [("limit", "held"), ("stop", "held")]
     parent = client.get_order_by_id(parent.id)
-    assert parent.status == "filled" and [leg.status for leg in parent.legs] == ["new", "new"]
+    assert parent.status == "filled" and [leg.status for leg in parent.legs] == ["new", "held"]  # stop rests held
 
     open_nested = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=True))
     assert open_nested == [] or all(o.id != parent.id for o in open_nested)
@@ -148,7 +150,8 @@ def test_bracket_legs_held_then_new_and_reserve_shares(fake):
         client.close_position("AAPL")
 
     client.cancel_order_by_id(parent.legs[0].id)  # OCO: canceling one leg cancels the other
-    assert {fake.order(leg.id)["status"] for leg in parent.legs} == {"canceled"}
+    assert {fake.order(leg.id)["status"] for leg in parent.legs} == {"pending_cancel"}
+    assert {client.get_order_by_id(leg.id).status for leg in parent.legs} == {"canceled"}  # by the next request
     sell = client.submit_order(MarketOrderRequest(symbol="AAPL", qty=10, side=OrderSide.SELL,
                                                   time_in_force=TimeInForce.DAY))
     assert client.get_order_by_id(sell.id).status == "filled" and fake.positions == {}
@@ -159,7 +162,7 @@ def test_stop_crossing_fills_stop_leg_and_cancels_take_profit(fake):
     parent = client.submit_order(bracket("MSFT", 5, tp=420, sl=390))
     tp_leg, sl_leg = parent.legs
     fake.set_price("MSFT", 395.0)
-    assert fake.order(sl_leg.id)["status"] == "new"
+    assert fake.order(sl_leg.id)["status"] == "held"
     fake.set_price("MSFT", 388.5)
     stop = client.get_order_by_id(sl_leg.id)
     assert stop.status == "filled" and float(stop.filled_avg_price) == 388.5
@@ -174,7 +177,7 @@ def test_replace_moves_stop_leg_and_cancel_filled_is_422(fake):
     old_stop = parent.legs[1]
     new_stop = client.replace_order_by_id(old_stop.id, ReplaceOrderRequest(stop_price=790))
     assert new_stop.id != old_stop.id and str(new_stop.replaces) == str(old_stop.id)
-    assert float(new_stop.stop_price) == 790 and new_stop.status == "new"
+    assert float(new_stop.stop_price) == 790 and new_stop.status == "held"  # a held leg's replacement is held
     old = client.get_order_by_id(old_stop.id)
     assert old.status == OrderStatus.REPLACED and str(old.replaced_by) == str(new_stop.id)
     assert [str(leg.id) for leg in client.get_order_by_id(parent.id).legs] == [str(parent.legs[0].id),
@@ -195,7 +198,7 @@ def test_manual_and_partial_fills_and_cancel_all(fake):
     got = client.get_order_by_client_id("manual")
     assert got.status == "partially_filled" and got.filled_qty == "4" and fake.positions["AAPL"]["qty"] == "4"
     client.cancel_order_by_id(order.id)
-    assert fake.order("manual")["status"] == "canceled"
+    assert client.get_order_by_client_id("manual").status == "canceled"
 
     fake.auto_fill = True
     fake.partial_fills("MSFT", 0.5)
@@ -205,7 +208,7 @@ def test_manual_and_partial_fills_and_cancel_all(fake):
                                                     time_in_force=TimeInForce.DAY))
     cancels = client.cancel_orders()
     assert {str(c.id) for c in cancels} == {fake.order("half")["id"], str(resting.id)}
-    assert all(c.status == 200 for c in cancels) and fake.order("half")["status"] == "canceled"
+    assert all(c.status == 200 for c in cancels) and client.get_order_by_client_id("half").status == "canceled"
 
 
 def test_limit_order_rests_until_price_crosses(fake):
@@ -337,3 +340,214 @@ def test_screener_and_news(fake):
     fake.page_size = 2
     assert len(news.get_news(NewsRequest(symbols="AAPL")).data["news"]) == 3  # paged 2 + 1
     assert fake.requests[-1].query["page_token"]
+
+
+# -- strict as Alpaca: each behaviour on by default, and switchable ---------------------------------------
+
+def sell(symbol: str, qty: float, cid: str | None = None) -> MarketOrderRequest:
+    return MarketOrderRequest(symbol=symbol, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
+                              client_order_id=cid)
+
+
+def test_every_strictness_is_on_by_default_and_can_be_turned_off(fake):
+    from tests.fake_alpaca import STRICTNESS
+
+    assert fake.strict == set(STRICTNESS)
+    fake.lenient("oco_race", "day_expiry")
+    assert fake.strict == set(STRICTNESS) - {"oco_race", "day_expiry"}
+    with pytest.raises(AssertionError):
+        fake.lenient("no_such_strictness")
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_after_the_entry_fills_the_take_profit_is_new_and_the_stop_leg_stays_held(fake, strict):
+    if not strict:
+        fake.lenient("held_stop_leg")
+    client = trading(fake)
+    parent = client.submit_order(bracket("AAPL", 10, tp=110, sl=95))
+    legs = client.get_order_by_id(parent.id).legs
+    assert [leg.status for leg in legs] == (["new", "held"] if strict else ["new", "new"])
+    fake.set_price("AAPL", 94.5)  # a held stop leg still triggers
+    assert client.get_order_by_id(legs[1].id).status == "filled" and "AAPL" not in fake.positions
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_cancelling_any_order_of_a_bracket_cancels_the_whole_group(fake, strict):
+    if not strict:
+        fake.lenient("group_cancel")
+    fake.auto_fill = False
+    client = trading(fake)
+    parent = client.submit_order(bracket("AAPL", 10, tp=110, sl=95))
+    fake.fill(str(parent.id), qty=4)  # a partly filled entry
+    client.cancel_order_by_id(parent.legs[1].id)  # cancel the stop leg
+    assert [leg.status for leg in client.get_order_by_id(parent.id).legs] == ["canceled", "canceled"]
+    assert client.get_order_by_id(parent.id).status == ("canceled" if strict else "partially_filled")
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_delete_is_204_and_the_order_passes_through_pending_cancel(fake, strict):
+    if not strict:
+        fake.lenient("pending_cancel")
+    client = trading(fake)
+    parent = client.submit_order(bracket("AAPL", 10, tp=110, sl=95))
+    client.get_order_by_id(parent.id)
+    tp = parent.legs[0].id
+    raw = requests.delete(f"{fake.base_url}/v2/orders/{tp}", headers={"APCA-API-KEY-ID": fake.key_id,
+                                                                    "APCA-API-SECRET-KEY": fake.secret})
+    assert raw.status_code == 204 and raw.content == b""
+    if strict:
+        assert {fake.order(str(leg.id))["status"] for leg in parent.legs} == {"pending_cancel"}
+        with pytest.raises(APIError) as e:  # the shares are still held until the cancel is done
+            client.submit_order(sell("AAPL", 10))
+        assert e.value.status_code == 403 and e.value.code == 40310000
+        with pytest.raises(APIError) as e:  # and a pending cancel cannot be cancelled again
+            client.cancel_order_by_id(tp)
+        assert e.value.status_code == 422
+    assert client.get_order_by_id(tp).status == "canceled"  # the next read sees it done
+    client.submit_order(sell("AAPL", 10))
+    assert "AAPL" not in fake.positions
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_day_orders_and_their_legs_expire_at_an_early_close_and_gtc_orders_do_not(fake, strict):
+    if not strict:
+        fake.lenient("day_expiry")
+    fake.now = datetime(2024, 7, 3, 14, 0, tzinfo=UTC)  # 10:00 ET on a 13:00 early close
+    client = trading(fake)
+    day = client.submit_order(bracket("AAPL", 10, tp=110, sl=95, cid="day-bracket"))
+    gtc = client.submit_order(bracket("MSFT", 1, tp=440, sl=380, tif=TimeInForce.GTC))
+    resting = client.submit_order(LimitOrderRequest(symbol="NVDA", qty=1, side=OrderSide.BUY, limit_price=700,
+                                                    time_in_force=TimeInForce.DAY))
+    fake.now = datetime(2024, 7, 3, 16, 59, tzinfo=UTC)  # 12:59 ET
+    assert client.get_order_by_id(resting.id).status == "accepted"
+    fake.now = datetime(2024, 7, 3, 17, 0, tzinfo=UTC)  # 13:00 ET: the close
+    legs = client.get_order_by_id(day.id).legs
+    if strict:
+        assert [leg.status for leg in legs] == ["expired", "expired"]
+        assert legs[0].expired_at == datetime(2024, 7, 3, 17, 0, tzinfo=UTC)
+        assert client.get_order_by_id(resting.id).status == "expired"
+    else:
+        assert [leg.status for leg in legs] == ["new", "held"]
+    assert [leg.status for leg in client.get_order_by_id(gtc.id).legs] == ["new", "held"]
+    fake.now = datetime(2024, 7, 5, 14, 0, tzinfo=UTC)  # through the holiday to the next session
+    assert [leg.status for leg in client.get_order_by_id(gtc.id).legs] == ["new", "held"]
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_market_orders_outside_the_session_queue_until_the_open_and_nothing_triggers(fake, strict):
+    if not strict:
+        fake.lenient("queue_outside_session")
+    client = trading(fake)
+    client.submit_order(bracket("AAPL", 10, tp=110, sl=95, cid="held-overnight", tif=TimeInForce.GTC))
+    fake.now = datetime(2024, 3, 4, 22, 0, tzinfo=UTC)  # 17:00 ET, after the close
+    fake.set_price("AAPL", 90.0)  # after-hours print through the stop
+    order = client.submit_order(buy("MSFT", 2, "after-hours"))
+    if strict:
+        assert client.get_order_by_client_id("after-hours").status == "accepted" and "MSFT" not in fake.positions
+        assert client.get_order_by_client_id("held-overnight").legs[1].status == "held"  # no trigger off-session
+        fake.now = datetime(2024, 3, 5, 14, 30, tzinfo=UTC)  # the open: the queue fills, the stop triggers
+    assert client.get_order_by_id(order.id).status == "filled" and fake.positions["MSFT"]["qty"] == "2"
+    stop = client.get_order_by_client_id("held-overnight").legs[1]
+    assert stop.status == "filled" and float(stop.filled_avg_price) == 90
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_replace_refuses_unchanged_parameters_and_orders_that_filled(fake, strict):
+    if not strict:
+        fake.lenient("replace_unchanged")
+    client = trading(fake)
+    parent = client.submit_order(bracket("NVDA", 2, tp=900, sl=760))
+    stop = parent.legs[1]
+    if strict:
+        with pytest.raises(APIError) as e:
+            client.replace_order_by_id(stop.id, ReplaceOrderRequest(stop_price=760))
+        assert (e.value.status_code, e.value.code, e.value.message) == (422, 42210000,
+                                                                       "order parameters are not changed")
+    else:
+        stop = client.replace_order_by_id(stop.id, ReplaceOrderRequest(stop_price=760))
+    fake.set_price("NVDA", 755.0)
+    with pytest.raises(APIError) as e:
+        client.replace_order_by_id(stop.id, ReplaceOrderRequest(stop_price=770))
+    assert (e.value.status_code, e.value.code, e.value.message) == (422, 42210000,
+                                                                   "cannot replace order in filled status")
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_partial_take_profit_fill_resizes_the_stop_leg(fake, strict):
+    if not strict:
+        fake.lenient("resize_stop_on_partial")
+    client = trading(fake)
+    parent = client.submit_order(bracket("AAPL", 10, tp=110, sl=95))
+    client.get_order_by_id(parent.id)
+    fake.fill(str(parent.legs[0].id), price=110, qty=4)
+    tp, stop = client.get_order_by_id(parent.id).legs
+    assert (tp.status, tp.filled_qty) == ("partially_filled", "4") and fake.positions["AAPL"]["qty"] == "6"
+    assert stop.qty == ("6" if strict else "10") and stop.status == "held"
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_gap_in_a_fast_market_can_fill_both_legs(fake, strict):
+    if not strict:
+        fake.lenient("oco_race")
+    client = trading(fake)
+    parent = client.submit_order(bracket("AAPL", 10, tp=110, sl=95))
+    client.get_order_by_id(parent.id)
+    fake.set_price("AAPL", 111.0)  # the take-profit fills...
+    fake.set_price("AAPL", 90.0)   # ...and the market gaps through the stop before the OCO cancel lands
+    tp, stop = client.get_order_by_id(parent.id).legs
+    assert tp.status == "filled"
+    if strict:
+        assert stop.status == "filled" and fake.positions["AAPL"]["qty"] == "-10"  # sold twice: now short
+    else:
+        assert stop.status == "canceled" and "AAPL" not in fake.positions
+
+
+def test_an_order_can_be_rejected_after_its_200(fake):
+    client = trading(fake)
+    fake.fail("POST", "/v2/orders", "reject_after_accept")
+    order = client.submit_order(bracket("AAPL", 10, tp=110, sl=95, cid="late-reject"))
+    assert order.status == "accepted"
+    got = client.get_order_by_client_id("late-reject")
+    assert got.status == "rejected" and got.failed_at is not None and fake.positions == {}
+    assert [leg.status for leg in got.legs] == ["canceled", "canceled"]
+
+
+def test_pattern_day_trader_and_held_quantity_refusals_are_403(fake):
+    client = trading(fake)
+    client.submit_order(bracket("AAPL", 10, tp=110, sl=95))
+    fake.fail("PATCH", "/v2/orders", "403_pdt")
+    leg = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN))[0]
+    with pytest.raises(APIError) as e:
+        client.replace_order_by_id(leg.id, ReplaceOrderRequest(limit_price=99))
+    assert (e.value.status_code, e.value.code) == (403, 40310100)
+    assert e.value.message == "trade denied due to pattern day trading protection"
+    with pytest.raises(APIError) as e:
+        client.submit_order(sell("AAPL", 1))
+    assert (e.value.status_code, e.value.code) == (403, 40310000)
+
+
+def test_snapshot_fields_can_be_null(fake):
+    data = StockHistoricalDataClient(**_kw(fake))
+    fake.null_snapshot_fields("AAPL", "latestTrade", "minuteBar", "dailyBar")
+    snaps = data.get_stock_snapshot(StockSnapshotRequest(symbol_or_symbols=["AAPL", "MSFT"], feed=DataFeed.IEX))
+    assert snaps["AAPL"].latest_trade is None and snaps["AAPL"].minute_bar is None
+    assert snaps["AAPL"].daily_bar is None and snaps["AAPL"].latest_quote is not None
+    assert snaps["MSFT"].latest_trade.price == 400
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_every_response_carries_rate_limit_headers(fake, strict):
+    if not strict:
+        fake.lenient("rate_limit_headers")
+    headers = {"APCA-API-KEY-ID": fake.key_id, "APCA-API-SECRET-KEY": fake.secret}
+    answers = [requests.get(f"{fake.base_url}/v2/account", headers=headers),
+               requests.get(f"{fake.base_url}/v2/orders/nope", headers=headers),
+               requests.get(f"{fake.base_url}/v2/account", headers={})]
+    assert [a.status_code for a in answers] == [200, 404, 401]
+    if not strict:
+        assert all("X-RateLimit-Limit" not in a.headers for a in answers)
+        return
+    assert all(a.headers["X-RateLimit-Limit"] == "200" for a in answers)
+    remaining = [int(a.headers["X-RateLimit-Remaining"]) for a in answers]
+    assert remaining == sorted(remaining, reverse=True) and remaining[0] > remaining[-1]
+    assert all(0 <= int(a.headers["X-RateLimit-Reset"]) - time.time() <= 61 for a in answers)

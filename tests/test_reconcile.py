@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import structlog
 from click.testing import CliRunner
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from catalyst.brokers.base import OrderRequest
 from catalyst.db.engine import session_scope
@@ -49,9 +49,13 @@ def kinds(findings) -> list[tuple[str, str]]:
 
 
 def monitored(*position_ids: int) -> None:
-    """What a running beat does: a monitor schedule entry per open position."""
+    """What a running beat does: a scan entry, and a monitor schedule entry per open position."""
     now = get_runtime().clock.now()
     with session_scope() as s:
+        if s.get(ScheduleEntry, "scan-market") is None:
+            s.add(ScheduleEntry(name="scan-market", task="catalyst.scan_market", queue="scan", args=[],
+                                interval_seconds=1800, next_run_at=now + timedelta(minutes=10), total_sent=0,
+                                updated_at=now))
         for pid in position_ids:
             s.add(ScheduleEntry(name=f"monitor-position-{pid}", task="catalyst.monitor_position", queue="monitor",
                                 args=[pid], interval_seconds=60, next_run_at=now, total_sent=0, updated_at=now))
@@ -175,6 +179,8 @@ def test_stuck_exits_missing_monitors_and_stale_cycles_are_escalated(market):
         closing = open_position(rt, symbol="AAA", qty=QTY, client_order_id="entry-c1-AAA")
         unwatched = open_position(rt, symbol="BBB", qty=QTY, client_order_id="entry-c1-BBB")
         monitored(closing.id)
+        with session_scope() as s:  # and no scan was ever scheduled today
+            s.execute(delete(ScheduleEntry).where(ScheduleEntry.name == "scan-market"))
         request_exit(rt, closing.id, "manual")
         age(Position, closing.id, closing_at=timedelta(minutes=6))
         age(Position, unwatched.id, opened_at=timedelta(minutes=10))

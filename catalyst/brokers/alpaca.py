@@ -6,8 +6,11 @@
   be unique") means the order already exists, so it is fetched and adopted.
 - A submit whose outcome is unknown (timeout, connection reset) raises
   :class:`OrderOutcomeUnknown`; callers record it and resolve it by client id, never assume failure.
-- Entries are bracket orders: the stop-loss and take-profit legs live at the broker, so a
-  position stays protected even while every worker is down.
+- Entries are ``gtc`` bracket orders: the stop-loss and take-profit legs live at the broker and
+  outlast the session close, so a position stays protected overnight and while every worker is down.
+- Cancel and replace go through the same guard as submits: a lost answer is
+  :class:`OrderOutcomeUnknown` (resolved by reading the order; a replaced order names its successor
+  in ``replaced_by``), every other failure a :class:`BrokerError` — never a raw transport error.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def report_from_order(order) -> BrokerOrderReport:
         filled_at=order.filled_at, order_type=enum(order.type or order.order_type) or "market",
         stop_price=_float(order.stop_price), limit_price=_float(order.limit_price),
         legs=tuple(report_from_order(leg) for leg in (order.legs or ())),
+        replaced_by=str(order.replaced_by) if getattr(order, "replaced_by", None) else None,
     )
 
 
@@ -84,16 +88,24 @@ class AlpacaBroker:
         from alpaca.common.exceptions import APIError
 
         from catalyst.alpaca_http import api_error_code, api_error_status, retry_after_rate_limit
+        from catalyst.ratelimit import RateLimitTimeout
 
         data = self._order_data(request)
         try:
             order = retry_after_rate_limit(lambda: self.client.submit_order(data))
         except APIError as exc:
             if api_error_status(exc) == 422 and api_error_code(exc) == DUPLICATE_CLIENT_ORDER_ID:
-                existing = self.get_order(request.client_order_id)
+                try:
+                    existing = self.get_order(request.client_order_id)
+                except BrokerError as lookup:
+                    raise OrderOutcomeUnknown(f"submit of {request.client_order_id}: the client_order_id is taken "
+                                              f"and the lookup failed ({lookup})") from None
                 if existing is not None:
                     log.info("order_adopted", client_order_id=request.client_order_id, status=existing.status)
                     return existing
+                # Alpaca holds an order under this id that it cannot show us yet: it may fill. Never a refusal.
+                raise OrderOutcomeUnknown(f"submit of {request.client_order_id}: Alpaca says the client_order_id "
+                                          "is taken, but the order is not found yet") from None
             if (api_error_status(exc) or 0) >= 500:  # the server failed mid-request: it may have placed the order
                 raise OrderOutcomeUnknown(f"submit of {request.client_order_id} failed at Alpaca "
                                           f"(HTTP {api_error_status(exc)})") from None
@@ -104,20 +116,27 @@ class AlpacaBroker:
         except (requests.Timeout, requests.ConnectionError) as exc:
             raise OrderOutcomeUnknown(f"submit of {request.client_order_id} got no answer: {type(exc).__name__}") \
                 from None
+        except RateLimitTimeout as exc:  # the request budget never allowed it: nothing was sent
+            raise BrokerError(f"submit of {request.client_order_id} not sent: {exc}") from None
         return report_from_order(order)
 
     def _order_data(self, request: OrderRequest):
         from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
-        from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, StopLossRequest, TakeProfitRequest
+        from alpaca.trading.requests import (LimitOrderRequest, MarketOrderRequest, StopLossRequest, StopOrderRequest,
+                                             TakeProfitRequest)
 
         fields = {"symbol": request.symbol, "qty": request.qty, "side": OrderSide(request.side),
-                  "time_in_force": TimeInForce.DAY, "client_order_id": request.client_order_id}
+                  "time_in_force": TimeInForce(request.time_in_force), "client_order_id": request.client_order_id}
         if request.stop_loss_price is not None and request.take_profit_price is not None:
-            fields.update(order_class=OrderClass.BRACKET,
+            # gtc, not day: Alpaca expires day orders — legs included — at the close, and a position may be held
+            # overnight (max hold 24 h). Brackets accept day or gtc only; the parent takes the same time in force.
+            fields.update(order_class=OrderClass.BRACKET, time_in_force=TimeInForce.GTC,
                           stop_loss=StopLossRequest(stop_price=round(request.stop_loss_price, 2)),
                           take_profit=TakeProfitRequest(limit_price=round(request.take_profit_price, 2)))
         if request.order_type == "limit":
             return LimitOrderRequest(limit_price=round(request.limit_price, 2), **fields)
+        if request.order_type == "stop":
+            return StopOrderRequest(stop_price=round(request.stop_price, 2), **fields)
         return MarketOrderRequest(**fields)
 
     def get_order(self, client_order_id: str) -> BrokerOrderReport | None:
@@ -127,28 +146,40 @@ class AlpacaBroker:
         return self._get(lambda: self.client.get_order_by_id(broker_order_id))
 
     def cancel_order(self, broker_order_id: str) -> BrokerOrderReport | None:
+        """Ask Alpaca to cancel (HTTP 204 means *accepted*: the order passes through ``pending_cancel``).
+
+        Returns the order's state afterwards; callers follow it until it is final. A cancel whose
+        answer was lost raises :class:`OrderOutcomeUnknown` (it may have been applied).
+        """
         from alpaca.common.exceptions import APIError
 
-        from catalyst.alpaca_http import api_error_status, retry_after_rate_limit
+        from catalyst.alpaca_http import api_error_status
 
         try:
-            retry_after_rate_limit(lambda: self.client.cancel_order_by_id(broker_order_id))
-        except APIError as exc:
-            if api_error_status(exc) not in (404, 422):  # 422: already filled or canceled; read its state
-                raise BrokerError(f"cancel of {broker_order_id} failed: {_message(exc)}") from None
+            self._call(lambda: self.client.cancel_order_by_id(broker_order_id), f"cancel of {broker_order_id}",
+                       changes_orders=True)
+        except BrokerError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, APIError) and api_error_status(cause) in (404, 422)):
+                raise  # 422: already filled, canceled or pending cancel; 404: unknown. Either way, read its state
         return self.get_order_by_id(broker_order_id)
 
     def replace_stop(self, broker_order_id: str, stop_price: float) -> BrokerOrderReport:
-        from alpaca.common.exceptions import APIError
+        """Move a stop leg. Alpaca answers with a *new* order (the old one becomes ``replaced``).
+
+        An answer that never came raises :class:`OrderOutcomeUnknown`: resolve it with
+        :meth:`get_order_by_id` on the old id and follow its ``replaced_by``.
+        """
+        return self.replace_order(broker_order_id, stop_price=stop_price)
+
+    def replace_order(self, broker_order_id: str, *, stop_price: float | None = None,
+                      limit_price: float | None = None) -> BrokerOrderReport:
         from alpaca.trading.requests import ReplaceOrderRequest
 
-        from catalyst.alpaca_http import retry_after_rate_limit
-
-        try:
-            order = retry_after_rate_limit(lambda: self.client.replace_order_by_id(
-                broker_order_id, ReplaceOrderRequest(stop_price=round(stop_price, 2))))
-        except APIError as exc:
-            raise BrokerError(f"replacing stop {broker_order_id} failed: {_message(exc)}") from None
+        fields = {k: round(v, 2) for k, v in (("stop_price", stop_price), ("limit_price", limit_price))
+                  if v is not None}
+        order = self._call(lambda: self.client.replace_order_by_id(broker_order_id, ReplaceOrderRequest(**fields)),
+                           f"replacing {broker_order_id}", changes_orders=True)
         return report_from_order(order)
 
     def get_position(self, symbol: str) -> BrokerPositionReport | None:
@@ -157,34 +188,67 @@ class AlpacaBroker:
             return None
         return BrokerPositionReport(found.symbol, float(found.qty), float(found.avg_entry_price))
 
-    def clock(self):
-        from catalyst.alpaca_http import retry_after_rate_limit
+    def list_positions(self) -> list[BrokerPositionReport]:
+        """Every position the account holds, in one request (reconciliation compares them with ours)."""
+        return [BrokerPositionReport(p.symbol, float(p.qty), float(p.avg_entry_price))
+                for p in self._call(self.client.get_all_positions, "listing positions")]
 
-        return retry_after_rate_limit(self.client.get_clock)
+    def list_open_orders(self) -> list[BrokerOrderReport]:
+        """Every open order in one request (Alpaca's cap: 500), flat: an open leg of a filled bracket is listed itself."""
+        from alpaca.trading.enums import QueryOrderStatus
+        from alpaca.trading.requests import GetOrdersRequest
+
+        found = self._call(lambda: self.client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=False,
+                                                                           limit=500)), "listing open orders")
+        return [report_from_order(o) for o in found]
+
+    def clock(self):
+        return self._call(self.client.get_clock, "clock")
 
     def calendar(self, start: datetime, end: datetime):
         from alpaca.trading.requests import GetCalendarRequest
 
-        from catalyst.alpaca_http import retry_after_rate_limit
-
-        return retry_after_rate_limit(lambda: self.client.get_calendar(
-            GetCalendarRequest(start=start.date(), end=end.date())))
+        return self._call(lambda: self.client.get_calendar(GetCalendarRequest(start=start.date(), end=end.date())),
+                          "calendar")
 
     def _get(self, call, convert: bool = True):
-        """A read: retried after rate limits, ``None`` for 404, unknown outcome on timeouts."""
+        """A read: retried after rate limits, ``None`` for 404, :class:`BrokerError` for anything else."""
+        from alpaca.common.exceptions import APIError
+
+        from catalyst.alpaca_http import api_error_status
+
+        try:
+            found = self._call(call, "alpaca")
+        except BrokerError as exc:
+            if isinstance(exc.__cause__, APIError) and api_error_status(exc.__cause__) == 404:
+                return None
+            raise
+        return report_from_order(found) if convert else found
+
+    def _call(self, call, what: str, *, changes_orders: bool = False):
+        """Every request to Alpaca goes through here: nothing but :class:`BrokerError` ever escapes.
+
+        For a request that changes orders (cancel, replace) a lost answer — timeout, dropped
+        connection, 5xx — is :class:`OrderOutcomeUnknown`: Alpaca may have applied it. A refusal
+        (4xx) is a plain :class:`BrokerError` whose ``__cause__`` is the ``APIError``.
+        """
         from alpaca.common.exceptions import APIError
 
         from catalyst.alpaca_http import api_error_status, retry_after_rate_limit
+        from catalyst.ratelimit import RateLimitTimeout
 
+        unknown = OrderOutcomeUnknown if changes_orders else BrokerError
         try:
-            found = retry_after_rate_limit(call)
+            return retry_after_rate_limit(call)
         except APIError as exc:
-            if api_error_status(exc) == 404:
-                return None
-            raise BrokerError(f"alpaca: {_message(exc)}") from None
+            status = api_error_status(exc) or 0
+            error = (unknown if status >= 500 else BrokerError)(f"{what} failed at Alpaca (HTTP {status}): "
+                                                                f"{_message(exc)}")
+            raise error from exc
+        except RateLimitTimeout as exc:  # nothing was sent
+            raise BrokerError(f"{what}: rate limit budget exhausted ({exc})") from None
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise BrokerError(f"alpaca did not answer: {type(exc).__name__}") from None
-        return report_from_order(found) if convert else found
+            raise unknown(f"{what}: Alpaca did not answer ({type(exc).__name__})") from None
 
 
 def _message(exc) -> str:

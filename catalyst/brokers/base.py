@@ -33,6 +33,8 @@ class OrderRequest:
     limit_price: float | None = None
     stop_loss_price: float | None = None  # bracket leg (brokers that support it)
     take_profit_price: float | None = None
+    stop_price: float | None = None  # order_type "stop": a standalone stop (brokers that support legs)
+    time_in_force: str = "day"  # "gtc" for protection that must outlast the session
 
     def __post_init__(self) -> None:
         if len(self.client_order_id) > 48:
@@ -57,6 +59,7 @@ class BrokerOrderReport:
     stop_price: float | None = None
     limit_price: float | None = None
     legs: tuple["BrokerOrderReport", ...] = ()
+    replaced_by: str | None = None  # a replaced order names the order that took its place
 
     @property
     def leg_purpose(self) -> str:
@@ -91,6 +94,12 @@ class Broker(Protocol):
 
     def get_position(self, symbol: str) -> BrokerPositionReport | None:
         """What the broker holds in ``symbol``."""
+
+    def list_positions(self) -> list[BrokerPositionReport]:
+        """Everything the broker holds, in one call (reconciliation, never once per position)."""
+
+    def list_open_orders(self) -> list[BrokerOrderReport]:
+        """Every open order (bracket legs listed as orders of their own), in one call."""
 
     def get_order_by_id(self, broker_order_id: str) -> BrokerOrderReport | None:
         """One order by the broker's id (bracket legs are looked up this way)."""
