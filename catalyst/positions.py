@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from catalyst import orders
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
@@ -80,9 +80,9 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
     if status == "open":
         request_exit(rt, position_id, "manual")
     filled_leg = _clear_legs(rt, position_id)
-    if filled_leg is not None:
-        reason = "stop_loss" if filled_leg.leg_purpose == "stop" else "take_profit"
-        return _close(rt, position_id, filled_leg, worker, reason=reason)
+    if _exit_progress(position_id, qty)[2] <= 1e-9:  # the legs sold it all (one leg, or a partial and the other)
+        reason = None if filled_leg is None else "stop_loss" if filled_leg.leg_purpose == "stop" else "take_profit"
+        return close_with_fills(rt, position_id, recorded_sell_fills(position_id), reason=reason, worker=worker)
     for _ in range(EXIT_ATTEMPTS_PER_RUN):
         attempt, sold, remaining = _exit_progress(position_id, qty)
         if remaining <= 1e-9:
@@ -91,6 +91,7 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
             raise BrokerError(f"position {position_id}: {MAX_EXIT_ORDERS} exit orders sent and {remaining:g} "
                               "shares still held; needs an operator")
         client_order_id = exit_client_order_id(position_id, attempt)
+        remaining = _never_short(rt, position_id, symbol, remaining, client_order_id)
         ensure_order(client_order_id, symbol=symbol, side="sell", purpose="exit", qty=remaining,
                      now=rt.clock.now(), position_id=position_id)
         log.info("exit_submitted", position_id=position_id, symbol=symbol, qty=remaining,
@@ -127,27 +128,49 @@ def _protect_after_refusal(rt: Runtime, position_id: int, symbol: str, held: flo
                       f"({report.reason}); a stop protects the shares and the exit is retried")
 
 
-def _exit_progress(position_id: int, qty: float) -> tuple[int, float, float]:
-    """(attempt number to use, shares sold so far, shares left) from the position's exit orders.
+def _never_short(rt: Runtime, position_id: int, symbol: str, remaining: float, client_order_id: str) -> float:
+    """Sell at most what the broker holds: a fill our books missed must not turn the exit into a short.
 
-    The last order still working (or unknown) is resumed under its own client id; only once it
-    has finished does a remainder get a new one. A rerun after a crash computes the same answer.
+    An exit the broker already has under this client id (a lost reply) is adopted, not capped.
+    """
+    held = rt.broker.get_position(symbol)
+    held_qty = held.qty if held is not None else 0.0
+    if held_qty + 1e-9 >= remaining or orders.resolve(rt.broker, client_order_id) is not None:
+        return remaining
+    log.error("exit_exceeds_broker_position", position_id=position_id, symbol=symbol, remaining=remaining,
+              broker_qty=held_qty)
+    if held_qty <= 1e-9:
+        raise BrokerError(f"position {position_id}: our books hold {remaining:g} {symbol} to sell, the broker none; "
+                          "catalyst reconcile finds the fill that took it")
+    return held_qty
+
+
+def _exit_progress(position_id: int, qty: float) -> tuple[int, float, float]:
+    """(attempt number to use, shares sold so far, shares left) from the position's sell fills.
+
+    Everything sold counts — exit orders and bracket legs (a take-profit leg that sold part of it)
+    — so the remainder is what is really still held. The last exit order still working (or
+    unknown) is resumed under its own client id; only once it has finished does a remainder get a
+    new one. A rerun after a crash computes the same answer.
     """
     with session_scope() as s:
         exits = s.scalars(select(Order).where(Order.position_id == position_id, Order.purpose == "exit")
                           .order_by(Order.id)).all()
-        sold = sum(o.filled_qty or 0.0 for o in exits)
+        sold = s.scalar(select(func.coalesce(func.sum(Order.filled_qty), 0.0)).where(
+            Order.position_id == position_id, Order.side == "sell", Order.purpose.in_(SELL_PURPOSES)))
         resume = bool(exits) and exits[-1].status not in FINISHED
     return (len(exits) if resume else len(exits) + 1), sold, qty - sold
 
 
 def _close_from_exit_orders(rt: Runtime, position_id: int, worker: str | None) -> Position:
-    """Close at the volume-weighted price of every exit fill (one order, or a partial plus follow-ups)."""
-    return close_with_fills(rt, position_id, recorded_sell_fills(position_id, ("exit",)), worker=worker)
+    """Close at the volume-weighted price of every sell fill (exits, and any leg that sold part of it)."""
+    return close_with_fills(rt, position_id, recorded_sell_fills(position_id), worker=worker)
 
 
-def recorded_sell_fills(position_id: int, purposes: tuple[str, ...] = ("exit", "stop", "take_profit")
-                        ) -> list[BrokerOrderReport]:
+SELL_PURPOSES = ("exit", "stop", "take_profit")
+
+
+def recorded_sell_fills(position_id: int, purposes: tuple[str, ...] = SELL_PURPOSES) -> list[BrokerOrderReport]:
     """The sell fills our books hold for a position, oldest first (legs and exits alike)."""
     with session_scope() as s:
         return [BrokerOrderReport(o.broker_order_id or "", o.client_order_id, o.symbol, "sell", o.filled_qty, o.status,
@@ -173,7 +196,11 @@ def close_with_fills(rt: Runtime, position_id: int, fills: list[BrokerOrderRepor
 
 
 def _clear_legs(rt: Runtime, position_id: int) -> BrokerOrderReport | None:
-    """Cancel the position's working legs; return a leg's report if one has already filled."""
+    """Cancel the position's working legs (they reserve the shares); the leg that filled, if one did.
+
+    Every leg's state is recorded — a sibling may have sold part of the position — and a leg still
+    working is cancelled even when the other has filled (in a fast market both can fill).
+    """
     with session_scope() as s:
         legs = s.scalars(select(Order).where(Order.position_id == position_id, Order.purpose.in_(("stop", "take_profit")),
                                              Order.broker_order_id.is_not(None))).all()
@@ -181,22 +208,18 @@ def _clear_legs(rt: Runtime, position_id: int) -> BrokerOrderReport | None:
     if not working:
         return None
     broker, now = rt.broker, rt.clock.now()
-    current = [broker.get_order_by_id(oid) for oid, _ in working]
-    for report in filter(None, current):
+    current = [r for r in (broker.get_order_by_id(oid) for oid, _ in working) if r is not None]
+    settled = []
+    for report in current:
+        if not report.is_final:
+            report = orders.follow(broker, broker.cancel_order(report.broker_order_id) or report,
+                                   orders.FILL_WAIT_SECONDS)
         _record_leg_state(report, now)
-        if report.is_filled:
-            return report
-    for report in filter(None, current):
-        if report.is_final:
-            continue
-        after = orders.follow(broker, broker.cancel_order(report.broker_order_id) or report, orders.FILL_WAIT_SECONDS)
-        _record_leg_state(after, now)
-        if after.is_filled:
-            return after
-        if not after.is_final:
-            raise orders.OrderPending(f"leg {after.broker_order_id} of position {position_id} is still {after.status}")
-    log.info("legs_cancelled", position_id=position_id, legs=len(working))
-    return None
+        if not report.is_final:
+            raise orders.OrderPending(f"leg {report.broker_order_id} of position {position_id} is still {report.status}")
+        settled.append(report)
+    log.info("legs_cleared", position_id=position_id, legs=[(r.leg_purpose, r.status, r.filled_qty) for r in settled])
+    return next((r for r in settled if r.is_filled), None)
 
 
 def _record_leg_state(report: BrokerOrderReport, now: datetime) -> None:

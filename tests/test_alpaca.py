@@ -429,3 +429,31 @@ def test_a_refused_exit_leaves_the_position_protected_and_tells_the_operator(fak
     closed = execute_exit(get_runtime(), position.id)  # once the broker allows it, the retry sells once
     assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "rsi_overbought", 100.0)
     assert len(sells(fake)) == 1 and "ACME" not in fake.positions and live_stops(fake) == []
+
+
+def test_partial_take_profit_fill_then_exit_sells_only_the_remainder(fake, market):
+    position = open_acme(qty=10)
+    take_profit = next(leg for leg in fake.order("entry-c1-ACME")["legs"] if leg["type"] == "limit")
+    fake.fill(take_profit["id"], price=115.0, qty=4)  # the target leg sells 4 of 10 at the broker
+    assert request_exit(get_runtime(), position.id, "rsi_overbought")
+    closed = execute_exit(get_runtime(), position.id)
+    assert [float(o["filled_qty"]) for o in sells(fake)] == [6.0]  # what was still held, not the entry's 10
+    assert "ACME" not in fake.positions  # flat, never short
+    assert (closed.status, closed.exit_reason) == ("closed", "rsi_overbought")
+    assert closed.exit_price == pytest.approx((4 * 115.0 + 6 * 100.0) / 10)  # every fill counts
+    assert closed.realized_pnl == pytest.approx(4 * 15.0)
+    rows = position_orders(position.id)
+    assert (rows["take_profit"].status, rows["take_profit"].filled_qty) == ("canceled", 4)
+    assert (rows["exit"].qty, rows["exit"].status) == (6, "filled")
+
+
+def test_both_legs_filling_in_a_fast_market_never_sells_more_than_was_bought(fake, market):
+    position = open_acme(qty=10)
+    take_profit = next(leg for leg in fake.order("entry-c1-ACME")["legs"] if leg["type"] == "limit")
+    fake.fill(take_profit["id"], price=115.0, qty=4)
+    market.set("ACME", 94.0)  # a gap through the resized stop: the stop sells the other 6
+    assert request_exit(get_runtime(), position.id, "stop_loss")
+    closed = execute_exit(get_runtime(), position.id)
+    assert sells(fake) == [] and "ACME" not in fake.positions  # the legs sold it all; nothing more is sent
+    assert (closed.status, closed.exit_reason) == ("closed", "stop_loss")
+    assert closed.exit_price == pytest.approx((4 * 115.0 + 6 * 94.0) / 10)
