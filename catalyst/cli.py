@@ -85,6 +85,8 @@ def status(as_json: bool) -> None:
         services = s.scalars(select(ServiceHealth).order_by(ServiceHealth.service_name)).all()
         entries = s.scalars(select(ScheduleEntry).order_by(ScheduleEntry.name)).all()
         open_count = len(s.scalars(select(Position.id).where(Position.status != "closed")).all())
+        refused = s.scalars(select(Position).where(Position.status == "closing",
+                                                   Position.exit_blocked_until.is_not(None))).all()
         halted = s.get(TradingState, "halted")
     session = rt.calendar.next_session(now)
     data = {
@@ -92,6 +94,8 @@ def status(as_json: bool) -> None:
         "market_open": rt.calendar.is_open(now), "next_or_current_session": {
             "open": session.open.isoformat(), "close": session.close.isoformat()},
         "halted": bool(halted and halted.value.get("halted")), "open_positions": open_count,
+        "exits_refused": [{"position_id": p.id, "symbol": p.symbol, "reason": p.exit_blocked_reason,
+                           "retry_at": p.exit_blocked_until.isoformat()} for p in refused],
         "broker": rt.settings.broker, "market_data": rt.market_data.name,
         "services": [{"name": h.service_name, "kind": h.kind, "status": _liveness(h, wall, rt.settings),
                       "last_heartbeat": h.last_heartbeat.isoformat(),
@@ -110,6 +114,8 @@ def status(as_json: bool) -> None:
         f"session {session.open.astimezone(tz):%Y-%m-%d %H:%M}-{session.close.astimezone(tz):%H:%M}",
         f"trading   {'HALTED' if data['halted'] else 'active'}; broker {rt.settings.broker}; "
         f"data {rt.market_data.name}; open positions {open_count}",
+        *[f"EXIT REFUSED  position {r['position_id']} {r['symbol']}: {r['reason']} (stop in place; retry "
+          f"{r['retry_at']})" for r in data["exits_refused"]],
         "",
         table(["service", "status", "heartbeat age s", "checks", "exits", "errors"],
               [[s["name"], s["status"], s["age_seconds"], s["checks"], s["exits_executed"], s["errors"]]
@@ -146,6 +152,8 @@ def positions(show_all: bool, as_json: bool) -> None:
     def why(r) -> str:
         if r["status"] == "closed":
             return r["exit_reason"] or "-"
+        if r["status"] == "closing" and r["exit_blocked_until"]:
+            return f"EXIT REFUSED by the broker: {r['exit_blocked_reason']}; stop in place, retry {r['exit_blocked_until']}"
         m = r["monitor"]
         if not m:
             return "not checked yet"

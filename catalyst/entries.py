@@ -164,7 +164,22 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
                             cycle_id=intent.cycle_id, decided_at=now, worker=worker,
                             details={"broker_reason": report.reason})
         raise BadInput(f"entry order for {intent.symbol} was {report.status}: {report.reason}")
-    return open_from_fill(rt, client_order_id, report, reason=reason, worker=worker)
+    position = open_from_fill(rt, client_order_id, report, reason=reason, worker=worker)
+    _protect_at_once(rt, position)
+    return position
+
+
+def _protect_at_once(rt: Runtime, position: Position) -> None:
+    """A partly filled bracket loses its legs with the cancelled rest: a stop for what filled goes in now,
+    not at the first check (the monitor and the watchdog keep trying if the broker cannot take it yet)."""
+    if not rt.broker.supports_legs:
+        return
+    from catalyst.protection import ensure_protection
+
+    try:
+        ensure_protection(rt, position.id)
+    except (BrokerError, OSError) as exc:
+        log.warning("entry_protection_deferred", position_id=position.id, error=str(exc))
 
 
 def admit_entry(rt: Runtime, *, client_order_id: str, symbol: str, qty: float, stop: float | None,

@@ -41,7 +41,7 @@ RSI_TRUSTED_BARS = 60
 @dataclass(frozen=True)
 class MonitorOutcome:
     position_id: int
-    action: str  # hold | exit | exit_dry_run | redrive | closed | skipped
+    action: str  # hold | exit | exit_dry_run | redrive | exit_blocked | closed | skipped
     reason: str | None = None
     signals: tuple = field(default_factory=tuple)
 
@@ -126,6 +126,8 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None,
         if position.status == "closed":
             return MonitorOutcome(position_id, "closed", position.exit_reason)
         if position.status == "closing":
+            if position.exit_blocked_until is not None and now < position.exit_blocked_until:
+                return MonitorOutcome(position_id, "exit_blocked", position.exit_blocked_reason)
             return MonitorOutcome(position_id, "redrive", position.exit_reason)
         view, entry_reason = held_view(position), position.entry_reason
     slot = slot or cycle_slot(rt, now)

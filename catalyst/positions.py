@@ -11,7 +11,7 @@ Each function is one idempotent step, safe to run twice or to resume after a cra
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import func, select, update
@@ -20,7 +20,7 @@ from catalyst import orders
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position
-from catalyst.domain import BadInput
+from catalyst.domain import BadInput, CatalystError
 from catalyst.exits import realized_pnl
 from catalyst.orders import ensure_order
 from catalyst.records import bump, record_activity, record_decision
@@ -37,6 +37,10 @@ def recent_volume(bars) -> float | None:
 
 class UnknownPosition(BadInput):
     pass
+
+
+class ExitRefused(CatalystError):
+    """The broker refused the sale; a stop protects the shares and the exit waits until it can succeed."""
 
 
 MAX_EXIT_ORDERS = 10  # a partial fill leaves a remainder; this many sells in all before an operator must look
@@ -77,6 +81,10 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
         if position.status == "closed":
             return position
         status, symbol, qty = position.status, position.symbol, position.qty
+        blocked_until, blocked_reason = position.exit_blocked_until, position.exit_blocked_reason
+    if blocked_until is not None and rt.clock.now() < blocked_until:
+        raise ExitRefused(f"position {position_id}: the broker refused the sale ({blocked_reason}); "
+                          f"retried from {blocked_until.astimezone(rt.calendar.tz).isoformat()}")
     if status == "open":
         request_exit(rt, position_id, "manual")
     filled_leg = _clear_legs(rt, position_id)
@@ -113,19 +121,35 @@ FINISHED = ("filled", "canceled", "expired", "rejected", "done_for_day")
 
 def _protect_after_refusal(rt: Runtime, position_id: int, symbol: str, held: float, report: BrokerOrderReport):
     """The broker refused the sell (e.g. 403 pattern-day-trader protection) after the legs were cancelled:
-    re-place a stop for what is held at once, tell the operator, and stop this run (the exit retries)."""
+    re-place a stop for what is held at once, tell the operator, and wait until a retry can succeed."""
     from catalyst.protection import ensure_protection
 
     stop = ensure_protection(rt, position_id, allow_closing=True, qty=held)
     now = rt.clock.now()
+    until = retry_refused_exit_at(rt, report.reason or "", now)
     with session_scope() as s:
+        s.execute(update(Position).where(Position.id == position_id, Position.status == "closing")
+                  .values(exit_blocked_until=until, exit_blocked_reason=(report.reason or "refused")[:500]))
         record_activity(s, "exit_refused", now, position_id=position_id, symbol=symbol, qty=held,
-                        reason=report.reason, client_order_id=report.client_order_id,
+                        reason=report.reason, client_order_id=report.client_order_id, retry_at=until.isoformat(),
                         protective_stop=stop.client_order_id if stop is not None else None)
-    log.error("exit_refused", position_id=position_id, symbol=symbol, reason=report.reason,
+    log.error("exit_refused", position_id=position_id, symbol=symbol, reason=report.reason, retry_at=until.isoformat(),
               protective_stop=stop.client_order_id if stop is not None else None)
-    raise BrokerError(f"position {position_id}: the broker refused the sell of {held:g} {symbol} "
-                      f"({report.reason}); a stop protects the shares and the exit is retried")
+    raise ExitRefused(f"position {position_id}: the broker refused the sell of {held:g} {symbol} "
+                      f"({report.reason}); a stop protects the shares and the exit is retried from "
+                      f"{until.astimezone(rt.calendar.tz).isoformat()}")
+
+
+PATTERN_DAY_TRADER = ("40310100", "pattern day")
+
+
+def retry_refused_exit_at(rt: Runtime, reason: str, now: datetime) -> datetime:
+    """When a refused sale can succeed: pattern-day-trader protection lifts with the next session;
+    anything else (shares held by another order, a transient refusal) is tried again at the next check."""
+    if any(mark in reason.lower() for mark in PATTERN_DAY_TRADER):
+        session = rt.calendar.next_session(now)
+        return session.open if session.open > now else rt.calendar.next_session(session.close).open
+    return now + timedelta(seconds=rt.settings.monitor_check_interval)
 
 
 def _never_short(rt: Runtime, position_id: int, symbol: str, remaining: float, client_order_id: str) -> float:
@@ -237,7 +261,8 @@ def _close(rt: Runtime, position_id: int, report: BrokerOrderReport, worker: str
         closed_at = report.filled_at or rt.clock.now()
         pnl, pnl_pct = realized_pnl(position.entry_price, report.filled_avg_price, position.qty)
         values = dict(status="closed", closed_at=closed_at, exit_price=report.filled_avg_price, realized_pnl=pnl,
-                      realized_pnl_pct=pnl_pct, last_price=report.filled_avg_price, updated_at=closed_at)
+                      realized_pnl_pct=pnl_pct, last_price=report.filled_avg_price, updated_at=closed_at,
+                      exit_blocked_until=None)
         if reason:
             values["exit_reason"] = reason
         won = s.execute(update(Position).where(Position.id == position_id, Position.status == "closing")

@@ -150,6 +150,7 @@ class Holding:
     entry_price: float
     stop_loss_price: float | None
     closing_at: datetime | None
+    exit_blocked_until: datetime | None = None  # a refused sale waiting for its retry (shown by status)
 
 
 def _check_positions(rt: Runtime, now: datetime, fix: bool) -> list[Finding]:
@@ -176,7 +177,8 @@ def _check_positions(rt: Runtime, now: datetime, fix: bool) -> list[Finding]:
         findings += _unprotected(rt, _holdings(), now, fix)
     findings += [Finding("stuck_closing", "warning", f"position {h.position_id} has been closing for "
                          f"{_minutes(now - h.closing_at)} min", h.symbol, h.position_id, {"qty": h.qty})
-                 for h in _holdings() if h.status == "closing" and h.closing_at and now - h.closing_at > STUCK_AFTER]
+                 for h in _holdings() if h.status == "closing" and h.closing_at and now - h.closing_at > STUCK_AFTER
+                 and not (h.exit_blocked_until and now < h.exit_blocked_until)]
     return findings
 
 
@@ -186,7 +188,7 @@ def _holdings() -> list[Holding]:
         sold = dict(s.execute(select(Order.position_id, func.sum(Order.filled_qty)).where(
             Order.position_id.in_([p.id for p in positions]), Order.side == "sell").group_by(Order.position_id)).all())
     return [Holding(p.id, p.symbol, p.status, p.qty - (sold.get(p.id) or 0.0), p.qty, p.entry_price,
-                    p.stop_loss_price, p.closing_at) for p in positions]
+                    p.stop_loss_price, p.closing_at, p.exit_blocked_until) for p in positions]
 
 
 def _unlinked_entries() -> list[Order]:

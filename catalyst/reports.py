@@ -8,7 +8,7 @@ from catalyst.db.models import Position
 
 POSITION_FIELDS = ("id", "symbol", "qty", "status", "entry_price", "stop_loss_price", "take_profit_price",
                    "high_watermark", "last_price", "opened_at", "closed_at", "exit_price", "exit_reason",
-                   "realized_pnl", "realized_pnl_pct")
+                   "realized_pnl", "realized_pnl_pct", "exit_blocked_until", "exit_blocked_reason")
 
 
 def position_dict(p: Position) -> dict:

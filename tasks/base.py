@@ -9,6 +9,7 @@ from celery import Task
 
 from catalyst.db.engine import session_scope
 from catalyst.domain import BadInput
+from catalyst.positions import ExitRefused
 from catalyst.records import bump
 
 log = structlog.get_logger("catalyst.tasks")
@@ -18,7 +19,7 @@ class CatalystTask(Task):
     """Bad input fails the task once, with its message, without a retry or a traceback."""
 
     abstract = True
-    throws = (BadInput,)
+    throws = (BadInput, ExitRefused)
     typing = False  # malformed args become BadInput below, not a TypeError before we can explain
 
     def __call__(self, *args, **kwargs):

@@ -3,8 +3,9 @@ bracket entries, exits that cancel the legs and sell once, and every failure mod
 
 from __future__ import annotations
 
+import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -390,10 +391,8 @@ def test_a_partly_filled_entry_gets_a_broker_stop_for_what_filled(fake, market):
     fake.partial_fills("ACME", 0.6)
     position = open_acme(qty=10)  # 6 fill; cancelling the rest makes Alpaca cancel the bracket's legs too
     fake.partial_fills("ACME", None)
-    assert position.qty == 6 and live_stops(fake) == []
-    next_cycle()
-    assert check_position(get_runtime(), position.id).action == "hold"
-    (stop,) = live_stops(fake)  # protection restored within one check: a standalone gtc stop for the 6 held
+    assert position.qty == 6
+    (stop,) = live_stops(fake)  # protection restored as the position opens: a standalone gtc stop for the 6 held
     assert (stop["qty"], stop["time_in_force"], float(stop["stop_price"])) == ("6", "gtc", 95.0)
     row = db_stop(position.id)
     assert (row.broker_order_id, row.client_order_id, row.qty) == (stop["id"], f"stop-p{position.id}-1", 6)
@@ -411,22 +410,53 @@ def test_a_partly_filled_entry_gets_a_broker_stop_for_what_filled(fake, market):
 
 
 def test_a_refused_exit_leaves_the_position_protected_and_tells_the_operator(fake, market):
-    from catalyst.brokers.base import BrokerError
+    from catalyst.positions import ExitRefused
     from catalyst.db.models import ActivityLog
 
     position = open_acme()
     request_exit(get_runtime(), position.id, "rsi_overbought")
     fake.fail("POST", "/v2/orders", "403_pdt")  # Alpaca refuses the sell: pattern day trader protection
-    with pytest.raises(BrokerError, match="pattern day trading"):
+    with pytest.raises(ExitRefused, match="pattern day trading"):
         execute_exit(get_runtime(), position.id)
     (stop,) = live_stops(fake)  # the shares are never left without a stop
     assert (stop["qty"], stop["time_in_force"], float(stop["stop_price"])) == ("10", "gtc", 95.0)
     assert db_stop(position.id).broker_order_id == stop["id"] and fake.positions["ACME"]["qty"] == "10"
     refused = query(lambda s: s.scalars(select(ActivityLog).where(ActivityLog.event == "exit_refused")).all())
     assert len(refused) == 1 and "pattern day trading" in refused[0].details["reason"]
-    assert query(lambda s: s.get(Position, position.id)).status == "closing"
+    held = query(lambda s: s.get(Position, position.id))
+    next_open = datetime(2025, 3, 5, 9, 30, tzinfo=START.tzinfo)  # PDT protection lifts with the next session
+    assert (held.status, held.exit_blocked_until) == ("closing", next_open)
 
-    closed = execute_exit(get_runtime(), position.id)  # once the broker allows it, the retry sells once
+
+def test_a_refused_exit_is_shown_to_the_operator_and_retried_only_when_it_can_succeed(fake, market):
+    from click.testing import CliRunner
+
+    from catalyst.cli import main
+    from catalyst.positions import ExitRefused
+
+    position = open_acme()
+    request_exit(get_runtime(), position.id, "rsi_overbought")
+    fake.fail("POST", "/v2/orders", "403_pdt")
+    with pytest.raises(ExitRefused):
+        execute_exit(get_runtime(), position.id)
+    posts = fake.count("POST", "/v2/orders")
+    with pytest.raises(ExitRefused, match="retried from 2025-03-05T09:30"):
+        execute_exit(get_runtime(), position.id)  # a retry today could not succeed: nothing is sent
+    assert check_position(get_runtime(), position.id).action == "exit_blocked"  # and the monitor does not redrive
+    assert fake.count("POST", "/v2/orders") == posts
+    shown = CliRunner().invoke(main, ["positions"]).output
+    assert "EXIT REFUSED" in shown and "pattern day trading" in shown
+    status = CliRunner().invoke(main, ["status", "--json"]).output
+    assert json.loads(status[status.index("{"):])["exits_refused"][0]["position_id"] == position.id
+
+    market.stop()  # the next morning
+    tomorrow = datetime(2025, 3, 5, 9, 31, tzinfo=START.tzinfo)
+    rt = build_runtime(get_settings(), ManualClock(tomorrow))
+    use_runtime(rt)
+    fake.now = tomorrow
+    fake.set_price("ACME", 100.0)
+    assert check_position(rt, position.id).action == "redrive"
+    closed = execute_exit(rt, position.id)  # now the broker allows it: the retry sells once
     assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "rsi_overbought", 100.0)
     assert len(sells(fake)) == 1 and "ACME" not in fake.positions and live_stops(fake) == []
 

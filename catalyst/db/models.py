@@ -97,6 +97,10 @@ class Position(Base):
     realized_pnl: Mapped[float | None] = mapped_column(Float)
     realized_pnl_pct: Mapped[float | None] = mapped_column(Float)
     last_price: Mapped[float | None] = mapped_column(Float)
+    # The broker refused the sale (e.g. pattern-day-trader protection): a stop protects the shares and
+    # the exit is retried only from this time on, when it can succeed.
+    exit_blocked_until: Mapped[datetime | None]
+    exit_blocked_reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
 
 
