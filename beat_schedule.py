@@ -15,6 +15,7 @@ from catalyst.db.models import Position
 from catalyst.settings import Settings
 
 MONITOR_PREFIX = "monitor-position-"
+RECONCILE_ENTRY = "reconcile"  # sent first in a tick: at a session's first slot it goes before every check
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class WantedEntry:
 
 def static_entries(settings: Settings) -> list[WantedEntry]:
     return [WantedEntry("scan-market", "catalyst.scan_market", "scan", (), settings.scan_interval),
-            WantedEntry("reconcile", "catalyst.reconcile", "maintenance", (), settings.reconcile_interval)]
+            WantedEntry(RECONCILE_ENTRY, "catalyst.reconcile", "maintenance", (), settings.reconcile_interval)]
 
 
 def monitor_entry(position_id: int, settings: Settings) -> WantedEntry:

@@ -37,7 +37,8 @@ def at(hour: int, minute: int) -> datetime:
 def clock(tmp_path, pg_url, redis_url):
     """Real PostgreSQL + Redis settings and a runtime whose market time moves only when the test says."""
     env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
-           "CATALYST_SCAN_INTERVAL": "900", "MONITOR_CHECK_INTERVAL": "900", "CATALYST_BEAT_LEASE_SECONDS": "20"}
+           "CATALYST_SCAN_INTERVAL": "900", "MONITOR_CHECK_INTERVAL": "900", "CATALYST_BEAT_LEASE_SECONDS": "20",
+           "CATALYST_RECONCILE_INTERVAL": "23400"}  # the watchdog once a session, at the open
     with environment(env):
         manual = ManualClock(at(10, 15))
         use_runtime(build_runtime(get_settings(), manual))
@@ -210,3 +211,22 @@ def test_a_release_that_fails_is_retried_when_postgres_returns(clock, app, redis
         beat.close()
     assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}
     assert entry("scan-market").total_sent == 1
+
+
+def test_the_watchdog_is_sent_before_any_check_at_the_first_slot_of_a_session(clock, app, redis_url):
+    ids = [seed_position(s, 50.0, at(9, 0) - timedelta(days=1)) for s in ("AAA", "BBB")]
+    clock.set(at(9, 29))  # before the open: nothing is due
+    beat = CatalystScheduler(app=app)
+    sent = FlakySend(app)  # no failures: it records the order in which beat publishes
+    order = []
+    real = sent.real
+    sent.real = lambda name, *a, **kw: (order.append(kw["headers"]["catalyst_entry"]), real(name, *a, **kw))[1]
+    try:
+        beat.tick()
+        assert order == []
+        clock.set(at(9, 30))
+        beat.tick()
+    finally:
+        beat.close()
+    assert order[0] == "reconcile"
+    assert set(order[1:]) == {"scan-market", *(f"monitor-position-{i}" for i in ids)}

@@ -81,7 +81,7 @@ class CatalystScheduler(Scheduler):
             return min(1.0, settings.beat_lease_seconds / 4)
         now = self.rt.clock.now()
         rows = self._sync_entries(now)
-        for row in rows:
+        for row in sorted(rows, key=lambda r: r.name != beat_schedule.RECONCILE_ENTRY):  # the watchdog goes first
             if row.next_run_at is not None and row.next_run_at <= now:
                 try:
                     self._fire(row, now)
