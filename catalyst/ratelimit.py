@@ -11,6 +11,11 @@ With ``rate`` grants per ``per`` seconds, **no window of ``per`` seconds ever co
 than ``rate`` grants** (half-open windows ``[t, t + per)``; grant times are the limiter's own
 clock: Redis ``TIME`` for the shared bucket, ``time.monotonic()`` for the local one).
 
+Both buckets take optional ``time_fn`` (a monotonic clock, default ``time.monotonic``) and
+``sleep_fn`` (default ``time.sleep``); the local one also ``wall_fn`` (default ``time.time``, to
+turn a pause's epoch into its own clock). They exist so that tests can run the arithmetic on a
+fake clock; the shared bucket's grant times always come from Redis ``TIME``.
+
 A classic token bucket (capacity C, refill r/s) only guarantees ``C + r*per`` per window, so to
 hold the bound it must give up either burst or sustained rate (``C + r*per <= rate``). Instead,
 both buckets keep a *sliding-window log of reservations*: the times of recent and already
@@ -59,6 +64,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import redis
@@ -118,6 +124,18 @@ class _Waiter:
 
     _local: threading.local
     burst: int
+    # None: look ``time.monotonic`` / ``time.sleep`` up at call time (what every production caller uses).
+    _time_fn: Callable[[], float] | None = None
+    _sleep_fn: Callable[[float], Any] | None = None
+
+    def _monotonic(self) -> float:
+        return time.monotonic() if self._time_fn is None else self._time_fn()
+
+    def _sleep(self, seconds: float) -> None:
+        if self._sleep_fn is None:
+            time.sleep(seconds)
+        else:
+            self._sleep_fn(seconds)
 
     def acquire(self, cost: int = 1, timeout: float | None = None) -> float:
         _check_cost(cost, self.burst)
@@ -132,10 +150,10 @@ class _Waiter:
     def _acquire(self, cost: int, timeout: float | None) -> float:
         if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
             raise ValueError(f"timeout must be None or a non-negative number, got {timeout!r}")
-        start = time.monotonic()
+        start = self._monotonic()
         deadline = None if timeout is None else start + timeout
         while True:
-            max_wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            max_wait = None if deadline is None else max(0.0, deadline - self._monotonic())
             reserved, wait, slot = self._reserve(cost, max_wait)
             if not reserved:
                 raise RateLimitTimeout(
@@ -143,12 +161,12 @@ class _Waiter:
                     f"(timeout {timeout:.3f}s); nothing reserved")
             if wait <= 0:  # granted now: the script checked the pause atomically
                 break
-            time.sleep(wait)
+            self._sleep(wait)
             # A 429 elsewhere may have paused everyone after our slot was reserved.
             if self.pause_remaining() <= 0:
                 break
         self._local.last_grant = slot
-        return time.monotonic() - start
+        return self._monotonic() - start
 
     @property
     def last_grant(self) -> float | None:
@@ -227,12 +245,15 @@ class RedisTokenBucket(_Waiter):
     """The shared budget: a sliding-window log in Redis (see the module docstring).
 
     Safe to share between threads and processes; create one per process (it holds a Redis
-    connection pool). Redis errors propagate *before* any request is sent.
+    connection pool). Redis errors propagate *before* any request is sent. ``time_fn`` and
+    ``sleep_fn`` are the caller's side only (timeouts, the returned wait, the sleep until a slot).
     """
 
     def __init__(self, redis_url: str, name: str = "alpaca", rate: int = ALPACA_RATE, per: float = ALPACA_PER,
-                 burst: int | None = None, *, client: redis.Redis | None = None):
+                 burst: int | None = None, *, client: redis.Redis | None = None,
+                 time_fn: Callable[[], float] | None = None, sleep_fn: Callable[[float], Any] | None = None):
         self.rate, self.per, self.burst = _validate(rate, per, burst)
+        self._time_fn, self._sleep_fn = time_fn, sleep_fn
         self.name = name
         self._redis = client or redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5,
                                                      health_check_interval=30)
@@ -269,10 +290,17 @@ class RedisTokenBucket(_Waiter):
 
 
 class LocalTokenBucket(_Waiter):
-    """The same reservation log for one process (threads share it under a lock); monotonic clock."""
+    """The same reservation log for one process (threads share it under a lock); monotonic clock.
 
-    def __init__(self, rate: int = ALPACA_RATE, per: float = ALPACA_PER, burst: int | None = None):
+    ``time_fn`` is that clock, ``wall_fn`` the epoch clock pauses are given in, ``sleep_fn`` the
+    sleep until a slot (defaults: ``time.monotonic``, ``time.time``, ``time.sleep``).
+    """
+
+    def __init__(self, rate: int = ALPACA_RATE, per: float = ALPACA_PER, burst: int | None = None, *,
+                 time_fn: Callable[[], float] | None = None, sleep_fn: Callable[[float], Any] | None = None,
+                 wall_fn: Callable[[], float] | None = None):
         self.rate, self.per, self.burst = _validate(rate, per, burst)
+        self._time_fn, self._sleep_fn, self._wall_fn = time_fn, sleep_fn, wall_fn
         self._burst_window = self.per * self.burst / self.rate
         self._log: deque[float] = deque()
         self._paused_until = 0.0  # monotonic
@@ -284,7 +312,7 @@ class LocalTokenBucket(_Waiter):
 
     def _reserve(self, cost: int, max_wait: float | None) -> tuple[bool, float, float]:
         with self._lock:
-            now = time.monotonic()
+            now = self._monotonic()
             log = self._log
             while log and log[0] <= now - self.per:
                 log.popleft()
@@ -306,12 +334,13 @@ class LocalTokenBucket(_Waiter):
         if not math.isfinite(epoch_seconds):
             raise ValueError(f"pause_until needs a finite epoch, got {epoch_seconds!r}")
         with self._lock:
-            target = time.monotonic() + (epoch_seconds - time.time())
+            now = self._monotonic()
+            target = now + (epoch_seconds - (time.time() if self._wall_fn is None else self._wall_fn()))
             self._paused_until = max(self._paused_until, target)
 
     def pause_remaining(self) -> float:
         with self._lock:
-            return max(0.0, self._paused_until - time.monotonic())
+            return max(0.0, self._paused_until - self._monotonic())
 
 
 def bucket_from_settings(settings: Any, *, name: str = "alpaca", rate: int = ALPACA_RATE,

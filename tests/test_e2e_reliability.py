@@ -13,6 +13,8 @@ import redis
 from sqlalchemy import func, select
 
 from catalyst.db.models import Decision, Order, PaperOrder, Position, ServiceHealth
+from catalyst.runtime import build_clock
+from catalyst.settings import get_settings
 from tests.support import environment, query, queued_messages, seed_position, wait_for, write_replay_csv
 from tests.test_e2e_loop import SESSION_OPEN, base_env, cli
 
@@ -73,18 +75,26 @@ def test_monitoring_resumes_for_every_position_after_redis_flush(tmp_path, pg_ur
         stack.worker()
         stack.beat()
 
-        def checks_since(t0):
-            return query(lambda s: dict(s.execute(
-                select(Decision.position_id, func.count()).where(Decision.kind == "monitor", Decision.recorded_at > t0)
-                .group_by(Decision.position_id)).all()))
+        def checked_slots(since):
+            """Per position, the market slots of the monitor checks recorded after wall time ``since``."""
+            rows = query(lambda s: s.execute(select(Decision.position_id, Decision.details).where(
+                Decision.kind == "monitor", Decision.recorded_at > since)).all())
+            found: dict[int, list[datetime]] = {}
+            for position_id, details in rows:
+                found.setdefault(position_id, []).append(datetime.fromisoformat(details["slot"]))
+            return found
 
         t0 = datetime.now(timezone.utc)
-        wait_for(lambda: len(checks_since(t0)) == 3, 30, what="first checks of all three positions")
-        redis.Redis.from_url(redis_url).flushdb()
+        wait_for(lambda: len(checked_slots(t0)) == 3, 60, what="first checks of all three positions")
+        redis.Redis.from_url(redis_url).flushdb()  # every queued and unacked message is gone
         flushed = datetime.now(timezone.utc)
-        interval_wall = 60 / 60  # MONITOR_CHECK_INTERVAL=60 simulated seconds at 60x
-        resumed = wait_for(lambda: (c := checks_since(flushed)) and len(c) == 3 and c, interval_wall + 10,
-                           what="monitoring to resume for all positions after FLUSHDB")
+        flushed_market = build_clock(get_settings()).now()
+        # Anything enqueued before the flush is for a slot at or before the market time of the flush
+        # (a slot is sent once due), so a check of a later slot was scheduled and delivered after it.
+        # Liveness only: at 60x a new slot is due every wall second.
+        resumed = wait_for(lambda: (c := {pid: slots for pid, slots in checked_slots(flushed).items()
+                                          if max(slots) > flushed_market}) and len(c) == 3 and c, 90,
+                           what="every position to be checked for a slot after the FLUSHDB")
         assert set(resumed) == set(ids)
 
 
