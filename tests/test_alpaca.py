@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from catalyst.clock import ManualClock
 from catalyst.db.models import Order, Position
@@ -487,3 +487,24 @@ def test_both_legs_filling_in_a_fast_market_never_sells_more_than_was_bought(fak
     assert sells(fake) == [] and "ACME" not in fake.positions  # the legs sold it all; nothing more is sent
     assert (closed.status, closed.exit_reason) == ("closed", "stop_loss")
     assert closed.exit_price == pytest.approx((4 * 115.0 + 6 * 94.0) / 10)
+
+
+def test_two_deliveries_of_one_bracket_entry_open_one_position_at_alpaca(fake, market):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for n in range(20):  # a redelivered enter_position racing the first delivery, 20 rounds
+        symbol = f"R{n:02d}"
+        market.set(symbol, 50.0)
+        barrier = threading.Barrier(2)
+
+        def deliver(_):
+            barrier.wait()
+            return open_position(get_runtime(), symbol=symbol, qty=5, client_order_id=f"entry-c{n}-{symbol}").id
+
+        with ThreadPoolExecutor(2) as pool:
+            first, second = pool.map(deliver, range(2))
+        assert first == second, f"round {n}: two positions for one order"
+        assert len([o for o in fake.orders if o["client_order_id"] == f"entry-c{n}-{symbol}"]) == 1
+        assert float(fake.positions[symbol]["qty"]) == 5  # the broker holds what our books hold
+    assert query(lambda s: s.scalar(select(func.count()).select_from(Position))) == 20

@@ -91,3 +91,39 @@ def test_a_position_sold_outside_catalyst_is_closed_with_that_fill(fake, market)
     closed = query(lambda s: s.get(Position, position.id))
     assert closed.status == "open"  # the sale was not ours: no fill of ours accounts for it
     assert [f.action for f in findings if f.kind == "phantom_position"] == ["escalated"]
+
+
+def test_a_leg_cancelled_at_the_broker_is_synced_into_our_books(fake, market):
+    position = open_acme()
+    cancel_bracket(fake, 0)
+    findings = reconcile(get_runtime(), fix=True)
+    synced = sorted(f.ours["purpose"] for f in findings if f.kind == "order_status_mismatch")
+    assert synced == ["stop", "take_profit"]
+    assert all(f.action == "fixed: synced to canceled" for f in findings if f.kind == "order_status_mismatch")
+    rows = {o.client_order_id: o.status for o in query(lambda s: s.scalars(select(Order).where(
+        Order.position_id == position.id, Order.purpose == "take_profit")).all())}
+    assert set(rows.values()) == {"canceled"}
+
+
+def test_an_entry_working_for_more_than_five_minutes_is_escalated_as_stuck(fake, market):
+    from datetime import timedelta
+
+    from alpaca.trading.requests import LimitOrderRequest
+
+    from catalyst.db.engine import session_scope
+    from tests.test_reconcile import age
+
+    rt = get_runtime()
+    monitored()  # beat is running (its scan entry exists)
+    resting = raw(fake).submit_order(LimitOrderRequest(symbol="ACME", qty=3, side=OrderSide.BUY, limit_price=80.0,
+                                                       time_in_force=TimeInForce.DAY, client_order_id="entry-c9-ACME"))
+    with session_scope() as s:
+        s.add(Order(client_order_id="entry-c9-ACME", broker_order_id=str(resting.id), symbol="ACME", side="buy",
+                    purpose="entry", order_type="limit", qty=3, status=resting.status.value, created_at=rt.clock.now(),
+                    updated_at=rt.clock.now()))
+    assert reconcile(rt, fix=True) == []  # working for moments: fine
+    (order,) = query(lambda s: s.scalars(select(Order).where(Order.client_order_id == "entry-c9-ACME")).all())
+    age(Order, order.id, created_at=timedelta(minutes=6))
+    (finding,) = reconcile(rt, fix=True)
+    assert (finding.kind, finding.severity, finding.action) == ("stuck_order", "warning", "escalated")
+    assert fake.order("entry-c9-ACME")["status"] == resting.status.value  # reported, never cancelled on its own
