@@ -57,6 +57,8 @@ def cross_check(rt) -> list[dict]:
         log.warning("calendar_check_failed", error=str(exc)[:200], using="exchange_calendars")
         return []
     rt.calendar, differences = reconcile_calendar(rt.calendar, broker_sessions(rows, rt.calendar.tz), start, end)
+    if hasattr(rt.market_data, "calendar"):
+        rt.market_data.calendar = rt.calendar  # bars keep to the sessions the broker says, too
     for diff in differences:
         log.warning("calendar_disagreement", **diff, resolution="broker wins")
     if isinstance(rt.clock, WallClock) and hasattr(broker, "clock"):

@@ -46,7 +46,7 @@ class Runtime:
         return self._advisor
 
 
-def build_market_data(settings: Settings) -> MarketData:
+def build_market_data(settings: Settings, calendar: SessionCalendar) -> MarketData:
     spec = settings.market_data
     if spec == "synthetic":
         from catalyst.marketdata.synthetic import SyntheticMarketData
@@ -67,7 +67,8 @@ def build_market_data(settings: Settings) -> MarketData:
         return AlpacaMarketData(api_key=settings.alpaca_api_key, secret_key=settings.alpaca_secret_key,
                                 data_url=settings.alpaca_data_url, feed=settings.alpaca_feed,
                                 timeout=settings.alpaca_timeout, bucket=alpaca_bucket(settings), cache=cache,
-                                cycle_seconds=settings.monitor_check_interval, watchlist=_watched_symbols)
+                                cycle_seconds=settings.monitor_check_interval, watchlist=_watched_symbols,
+                                calendar=calendar)
     raise BadInput(f"CATALYST_MARKET_DATA={spec!r} is not one of synthetic, replay:<csv path>, alpaca")
 
 
@@ -149,8 +150,8 @@ def reset_clock_anchor(settings: Settings, at: float | None = None) -> None:
 
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     clock = clock or build_clock(settings)
-    market_data = build_market_data(settings)
     calendar = SessionCalendar.for_market(settings.market, tuple(settings.closed_dates))
+    market_data = build_market_data(settings, calendar)
     profile = profile_for(settings.market, settings.signals)
     return Runtime(settings, clock, calendar, market_data, build_broker(settings, market_data, clock), profile)
 

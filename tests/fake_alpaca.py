@@ -25,7 +25,9 @@ queue as ``accepted`` and fill at the open while nothing triggers (a gap fills a
 refuses unchanged parameters (422 42210000 "order parameters are not changed") and orders no longer open
 ("cannot replace order in filled status"), a partial take-profit fill resizes the stop leg, a filled leg's
 sibling is cancelled only by the next read (a fast market can fill both), and every response carries
-``X-RateLimit-Limit/-Remaining/-Reset``. ``null_snapshot_fields(symbol, *fields)`` answers snapshot fields null.
+``X-RateLimit-Limit/-Remaining/-Reset``, and synthesised minute bars include the extended hours (pre-market from
+04:00 ET, after-hours to 20:00 ET or 17:00 after an early close; 2% above the price on a volume of 500,000, so a
+leak into a session figure shows). ``null_snapshot_fields(symbol, *fields)`` answers snapshot fields null.
 
 Failure kinds for ``fail(method, path_prefix, kind, times=1)``: "timeout" (hold ``hold_seconds`` then close,
 not applied), "lost_reply" (applied, connection closed without a reply), "429" (X-RateLimit-* headers), "500",
@@ -51,6 +53,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from datetime import time as clock_time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -75,8 +78,14 @@ STRICTNESS = frozenset({
     "resize_stop_on_partial",  # a partial take-profit fill resizes the stop leg to what is left
     "oco_race",               # a filled leg's sibling is cancelled by the next read: a gap before it fills both
     "rate_limit_headers",     # X-RateLimit-Limit / -Remaining / -Reset on every response
+    "extended_hours_bars",    # synthesised minute bars include pre-market (04:00 ET) and after-hours (to 20:00 ET)
 })
 RATE_LIMIT = 200  # requests per minute
+PRE_MARKET_OPEN = clock_time(4, 0)       # ET: Alpaca's pre-market bars start here ...
+AFTER_HOURS_CLOSE = clock_time(20, 0)    # ... and after-hours bars end here (17:00 after an early close)
+EARLY_CLOSE_AFTER_HOURS = clock_time(17, 0)
+EXTENDED_PREMIUM = 0.02            # extended-hours bars trade 2% above the session price ...
+EXTENDED_VOLUME = 500_000          # ... on a volume no session bar has (1,000): a leak shows in any figure
 OPEN_STATUSES = {"new", "accepted", "pending_new", "partially_filled", "held", "accepted_for_bidding",
                  "pending_cancel", "pending_replace", "calculated"}
 WORKING = {"new", "accepted", "pending_new", "partially_filled"}  # may fill now (held legs may not)
@@ -996,21 +1005,33 @@ class FakeAlpaca(LocalServer):
         return 200, out
 
     def _synth_bars(self, symbol: str, timeframe: str, start: datetime, end: datetime) -> list[tuple]:
-        """Flat bars at the current price through the session minutes of [start, end)."""
+        """Flat bars at the current price (volume 1,000) through the session minutes of [start, end); with
+        ``extended_hours_bars`` also the pre-market (04:00 ET to the open) and after-hours (the close to 20:00 ET,
+        17:00 after an early close) minutes, as Alpaca serves them, at ``EXTENDED_PREMIUM`` above the price on
+        ``EXTENDED_VOLUME`` so that any extended-hours bar reaching a figure shows."""
         m = re.fullmatch(r"(\d+)(Min|T|Hour|H|Day|D)", timeframe or "1Min")
         n, unit = (int(m.group(1)), m.group(2)) if m else (1, "Min")
         p, out = self._market[symbol].price, []
+        ext_p = round(p * (1 + EXTENDED_PREMIUM), 4)
+        extended = "extended_hours_bars" in self.strict
         for d, o, c in self.sessions(start.date() - timedelta(days=1), end.date()):
             if unit in ("Day", "D"):
                 t = self._day_start(d)
                 if start <= t < end:
                     out.append((t, p, p, p, p, 1_000_000))
                 continue
-            step, t = timedelta(minutes=n * (60 if unit in ("Hour", "H") else 1)), max(o, start)
-            t = o + ((t - o + step - timedelta(microseconds=1)) // step) * step
-            while t < min(c, end) and len(out) < 10_000:
-                out.append((t, p, p, p, p, 1000))
-                t += step
+            step = timedelta(minutes=n * (60 if unit in ("Hour", "H") else 1))
+            segments = [(o, c, p, 1000)]
+            if extended:
+                early = c.astimezone(NY).time() < clock_time(16, 0)
+                post_end = datetime.combine(d, EARLY_CLOSE_AFTER_HOURS if early else AFTER_HOURS_CLOSE, NY)
+                segments = [(datetime.combine(d, PRE_MARKET_OPEN, NY), o, ext_p, EXTENDED_VOLUME), *segments,
+                            (c, max(c, post_end), ext_p, EXTENDED_VOLUME)]
+            for seg_open, seg_close, price, volume in segments:
+                t = seg_open + ((max(seg_open, start) - seg_open + step - timedelta(microseconds=1)) // step) * step
+                while t < min(seg_close, end) and len(out) < 10_000:
+                    out.append((t, price, price, price, price, volume))
+                    t += step
         return out
 
     def _get_bars(self, req) -> tuple[int, dict]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import time
 from datetime import date, datetime, timedelta, timezone
+from datetime import time as clock_time
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -551,3 +553,42 @@ def test_every_response_carries_rate_limit_headers(fake, strict):
     remaining = [int(a.headers["X-RateLimit-Remaining"]) for a in answers]
     assert remaining == sorted(remaining, reverse=True) and remaining[0] > remaining[-1]
     assert all(0 <= int(a.headers["X-RateLimit-Reset"]) - time.time() <= 61 for a in answers)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_minute_bars_include_pre_market_and_after_hours_as_alpaca_serves_them(fake, strict):
+    from tests.fake_alpaca import EXTENDED_VOLUME
+
+    if not strict:
+        fake.lenient("extended_hours_bars")
+    ny = ZoneInfo("America/New_York")
+    data = StockHistoricalDataClient(**_kw(fake))
+    # Wednesday before Thanksgiving (full day), Thanksgiving (closed), Black Friday (closes 13:00 ET)
+    bars = data.get_stock_bars(StockBarsRequest(symbol_or_symbols="AAPL", timeframe=TimeFrame.Minute,
+                                                start=datetime(2025, 11, 26, tzinfo=ny),
+                                                end=datetime(2025, 11, 29, tzinfo=ny), feed=DataFeed.IEX))["AAPL"]
+    by_day: dict[date, list] = {}
+    for b in bars:
+        by_day.setdefault(b.timestamp.astimezone(ny).date(), []).append(b)
+    assert set(by_day) == {date(2025, 11, 26), date(2025, 11, 28)}  # no bars on the holiday
+    session = {b.timestamp for b in bars if b.volume == 1000 and b.close == 100}
+
+    def minutes(day, frm, to):
+        t, end = datetime.combine(day, frm, ny), datetime.combine(day, to, ny)
+        return {t + timedelta(minutes=i) for i in range(int((end - t).total_seconds() // 60))}
+
+    wednesday, friday = date(2025, 11, 26), date(2025, 11, 28)
+    regular = (minutes(wednesday, clock_time(9, 30), clock_time(16, 0))
+               | minutes(friday, clock_time(9, 30), clock_time(13, 0)))
+    assert session == regular
+    extended = [b for b in bars if b.timestamp not in regular]
+    if not strict:
+        assert extended == []
+        return
+    assert {b.timestamp for b in extended} == (minutes(wednesday, clock_time(4, 0), clock_time(9, 30))
+                                               | minutes(wednesday, clock_time(16, 0), clock_time(20, 0))
+                                               | minutes(friday, clock_time(4, 0), clock_time(9, 30))
+                                               | minutes(friday, clock_time(13, 0), clock_time(17, 0)))
+    assert {(b.close, b.volume) for b in extended} == {(102, EXTENDED_VOLUME)}  # tell-tale price and volume
+    assert bars[0].timestamp == datetime(2025, 11, 26, 4, 0, tzinfo=ny)
+    assert bars[-1].timestamp == datetime(2025, 11, 28, 16, 59, tzinfo=ny)  # after-hours end 17:00 after 13:00

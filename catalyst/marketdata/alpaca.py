@@ -3,6 +3,10 @@
 Broker calls per cycle do not grow with the number of positions: the first quote asked for in a
 cycle fetches snapshots for every watched symbol (≤ 100 symbols per call) and stores them in the
 cycle cache (Redis when configured); every other ``monitor_position`` task of that cycle reads it.
+
+Bars are regular-session bars only: Alpaca's minute bars include the pre-market (from 04:00 ET) and the
+after-hours (to 20:00 ET), thin prints that must not reach VWAP, RSI/MACD/ATR or any volume figure. Which
+minutes are regular (early closes, holidays, lunch breaks) comes from the exchange calendar.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from catalyst.domain import Bar, Quote, require_aware
+from catalyst.sessions import Session, SessionCalendar
 
 log = structlog.get_logger("catalyst.alpaca_data")
 BATCH = 100
 WAIT_FOR_PEER_SECONDS = 5.0
 BATCH_DONE = "__batch_done__"
+BARS_LOOKBACK = timedelta(days=5)  # at least this much history per bars call: thin symbols skip minutes
 
 
 class LocalCycleCache:
@@ -76,11 +82,41 @@ class RedisCycleCache:
 _MISSING = object()
 
 
+def _window_start(calendar: SessionCalendar, end: datetime, count: int) -> datetime:
+    """Where a bars request must start to hold ``count`` regular-session minutes before ``end``.
+
+    Sessions are walked back from ``end`` until they hold ``count`` minutes; never less than
+    ``BARS_LOOKBACK`` (a thinly traded symbol has no bar in some minutes), the window Catalyst always
+    asked for. One request either way: with the extended hours (which Alpaca always sent) five days are
+    some 4,800 rows, under alpaca-py's 10,000-row page.
+    """
+    floor = end - BARS_LOOKBACK
+    needed = count
+    day = end.astimezone(calendar.tz).date()
+    for _ in range(BARS_LOOKBACK.days + 14 + count // 100):  # ~1.4 calendar days per 390-minute session
+        session = calendar.session_on(day)
+        if session is not None and session.open < end:
+            needed -= _regular_minutes(session, end)
+            if needed <= 0:
+                return min(floor, session.open)
+        day -= timedelta(days=1)
+    return min(floor, datetime.combine(day, datetime.min.time(), calendar.tz))
+
+
+def _regular_minutes(session: Session, end: datetime) -> int:
+    """Whole trading minutes of ``session`` before ``end`` (a lunch break excluded)."""
+    until = min(session.close, end)
+    span = until - session.open
+    if session.break_start is not None and until > session.break_start:
+        span -= min(session.break_end, until) - session.break_start
+    return int(span.total_seconds() // 60)
+
+
 class AlpacaMarketData:
     name = "alpaca"
 
     def __init__(self, *, api_key: str, secret_key: str, data_url: str | None, feed: str, timeout: float, bucket,
-                 cache, cycle_seconds: float, watchlist) -> None:
+                 cache, cycle_seconds: float, watchlist, calendar: SessionCalendar) -> None:
         from alpaca.data.historical import StockHistoricalDataClient
         from alpaca.data.historical.news import NewsClient
         from alpaca.data.historical.screener import ScreenerClient
@@ -91,6 +127,7 @@ class AlpacaMarketData:
         self.cache = cache
         self.cycle_seconds = cycle_seconds
         self.watchlist = watchlist  # () -> symbols of open positions
+        self.calendar = calendar  # which minutes are regular; calendar_check swaps in the broker-corrected one
         self.client = StockHistoricalDataClient(api_key, secret_key, url_override=data_url)
         self.screener = ScreenerClient(api_key, secret_key, url_override=data_url)
         self.news = NewsClient(api_key, secret_key, url_override=data_url)
@@ -115,6 +152,7 @@ class AlpacaMarketData:
         return Quote(symbol, snap["price"], datetime.fromisoformat(snap["at"]), snap.get("volume") or 0.0)
 
     def bars(self, symbol: str, end: datetime, count: int) -> list[Bar]:
+        """The last ``count`` complete regular-session minute bars before ``end`` (extended hours dropped)."""
         from alpaca.data.enums import DataFeed
         from alpaca.data.requests import StockBarsRequest
         from alpaca.data.timeframe import TimeFrame
@@ -122,12 +160,13 @@ class AlpacaMarketData:
         from catalyst.alpaca_http import retry_after_rate_limit
 
         require_aware(end, "end")
+        calendar = self.calendar
         request = StockBarsRequest(symbol_or_symbols=symbol, timeframe=TimeFrame.Minute,
-                                   start=end - timedelta(days=5), end=end, feed=DataFeed(self.feed))
+                                   start=_window_start(calendar, end, count), end=end, feed=DataFeed(self.feed))
         barset = retry_after_rate_limit(lambda: self.client.get_stock_bars(request))
         rows = barset.data.get(symbol, []) if hasattr(barset, "data") else []
         done = [Bar(b.timestamp, symbol, float(b.open), float(b.high), float(b.low), float(b.close), float(b.volume))
-                for b in rows if b.timestamp + timedelta(minutes=1) <= end]
+                for b in rows if b.timestamp + timedelta(minutes=1) <= end and calendar.is_open(b.timestamp)]
         return done[-count:] if count else []
 
     def prefetch(self, symbols: list[str], at: datetime) -> None:
@@ -185,6 +224,11 @@ class AlpacaMarketData:
             snap = self._fetch([symbol]).get(symbol)
             self.cache.put_many(cycle, {symbol: snap}, ttl)
             return snap
+        deadline = time.monotonic() + WAIT_FOR_PEER_SECONDS  # a peer is fetching this one: wait for it
+        while time.monotonic() < deadline:
+            if (snap := self.cache.get(cycle, symbol)) is not _MISSING:
+                return snap
+            time.sleep(0.05)
         return None
 
     def _fetch(self, symbols: list[str]) -> dict[str, dict]:
