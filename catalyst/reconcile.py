@@ -118,24 +118,30 @@ def _unknown_order(rt: Runtime, order: Order, now: datetime, fix: bool) -> list[
     return [finding]
 
 
-def _status_mismatch(rt: Runtime, order: Order, report: BrokerOrderReport | None, now: datetime,
+def _status_mismatch(rt: Runtime, order: Order, listed: BrokerOrderReport | None, now: datetime,
                      fix: bool) -> list[Finding]:
-    """Our order looks live but the broker says otherwise (or lists it no more): take the broker's word."""
+    """Our order looks live but the broker says otherwise (or lists it no more): take the broker's word.
+
+    An order missing from the listing is asked about by id first (a read): it may have been placed
+    after the listing was taken, and then there is nothing to report.
+    """
+    try:
+        report = listed or (rt.broker.get_order_by_id(order.broker_order_id) if order.broker_order_id
+                            else rt.broker.get_order(order.client_order_id))
+    except BrokerError as exc:
+        report, error = None, exc
+    else:
+        error = None
+        if report is not None and report.status == order.status:
+            return []
     finding = Finding("order_status_mismatch", "warning", f"{order.purpose} order {order.client_order_id} is "
                       f"{order.status} here, {report.status if report else 'not open'} at the broker", order.symbol,
                       order.position_id, _order_view(order), _report_view(report))
-    if not fix:
-        return [finding]
-    try:
-        report = report or (rt.broker.get_order_by_id(order.broker_order_id) if order.broker_order_id
-                            else rt.broker.get_order(order.client_order_id))
-    except BrokerError as exc:
-        finding.detail += f"; the broker could not say ({exc})"
-        return [finding]
-    if report is None:
-        return [finding]
-    _apply(order.id, report, now)
-    finding.broker, finding.action = _report_view(report), f"fixed: synced to {report.status}"
+    if error is not None:
+        finding.detail += f"; the broker could not say ({error})"
+    if fix and report is not None:
+        _apply(order.id, report, now)
+        finding.action = f"fixed: synced to {report.status}"
     return [finding]
 
 
@@ -155,9 +161,13 @@ class Holding:
 
 def _check_positions(rt: Runtime, now: datetime, fix: bool) -> list[Finding]:
     findings = _adopt_filled_entries(rt, now) if fix else _unadopted_entries()
+    busy, newest = _settling(now)  # read before the broker's listing: what may change under our feet
     broker = {p.symbol: p for p in rt.broker.list_positions()}
     ours = _holdings()
+    busy |= {h.symbol for h in ours if h.position_id > newest}
     for symbol in sorted(set(broker) | {h.symbol for h in ours}):
+        if symbol in busy:
+            continue  # an entry or exit is in flight: compared on the next run, once it has settled
         held = [h for h in ours if h.symbol == symbol and h.qty > QTY_EPSILON]
         findings += [_sold_out(rt, h, fix) for h in ours if h.symbol == symbol and h.qty <= QTY_EPSILON]
         ours_qty = sum(h.qty for h in held)
@@ -180,6 +190,21 @@ def _check_positions(rt: Runtime, now: datetime, fix: bool) -> list[Finding]:
                  for h in _holdings() if h.status == "closing" and h.closing_at and now - h.closing_at > STUCK_AFTER
                  and not (h.exit_blocked_until and now < h.exit_blocked_until)]
     return findings
+
+
+SETTLE = timedelta(minutes=1)
+
+
+def _settling(now: datetime) -> tuple[set[str], int]:
+    """Symbols whose books may be mid-change (an entry or exit in flight, a position closed just now),
+    and the newest position id: positions opened after this read are settling too."""
+    with session_scope() as s:
+        in_flight = set(s.scalars(select(Order.symbol).where(
+            Order.purpose.in_(("entry", "exit")), Order.status.not_in(FINAL_ORDER_STATUSES))))
+        unlinked = {o.symbol for o in _unlinked_entries()}
+        closed = set(s.scalars(select(Position.symbol).where(Position.closed_at >= now - SETTLE)))
+        newest = s.scalar(select(func.coalesce(func.max(Position.id), 0)))
+    return in_flight | unlinked | closed, newest
 
 
 def _holdings() -> list[Holding]:
@@ -279,6 +304,10 @@ def _orphan(rt: Runtime, symbol: str, report, now: datetime, fix: bool, view: di
     if not fix or report.qty < 0:
         if report.qty < 0:
             finding.detail += " (short: never adopted, an operator must look)"
+        return finding
+    report = rt.broker.get_position(symbol)  # confirm at the broker, and in our books, right before adopting
+    if report is None or report.qty <= QTY_EPSILON or any(h.symbol == symbol for h in _holdings()):
+        finding.detail += "; it settled while we looked: compared again on the next run"
         return finding
     price, settings = float(report.avg_entry_price), rt.settings
     with session_scope() as s:

@@ -82,7 +82,7 @@ def test_an_unknown_entry_is_resolved_by_client_id_and_its_position_opened(marke
     with market():
         unknown_entry("AAA", "entry-c1-AAA").reachable = True
         reported = cli_reconcile()
-        assert kinds(reported) == [("orphan_position", "reported"), ("unknown_order", "reported")]
+        assert kinds(reported) == [("unknown_order", "reported")]  # its shares are compared once it settles
         assert rows(Position) == []  # a report alone changes nothing
         fixed = cli_reconcile("--fix")
         assert kinds(fixed) == [("orphan_position", "fixed: opened position 1 from the entry's fill"),
@@ -214,7 +214,8 @@ def test_reconcile_asks_the_broker_once_for_positions_and_once_for_open_orders(m
                         purpose="entry", qty=1, status="new", created_at=rt.clock.now(), updated_at=rt.clock.now()))
         reconcile(rt, fix=False)
         assert calls.count("list_positions") == 1 and calls.count("list_open_orders") == 1
-        assert not {"get_position", "get_order", "get_order_by_id"} & set(calls)
+        assert calls.count("get_order_by_id") == 1  # only the order the listing lacks, never once per position
+        assert not {"get_position", "get_order"} & set(calls)
 
 
 def test_a_scan_that_was_sent_but_never_ran_is_a_stale_cycle(market):
@@ -230,3 +231,19 @@ def test_a_scan_that_was_sent_but_never_ran_is_a_stale_cycle(market):
 
         scan(get_runtime(), now - timedelta(minutes=60))  # the scan runs after all
         assert cli_reconcile() == []
+
+
+def test_shares_of_an_entry_still_in_flight_are_never_adopted_twice(market):
+    with market():
+        rt = get_runtime()
+        now = rt.clock.now()
+        with session_scope() as s:  # the entry worker wrote its intent and the broker filled it: not recorded yet
+            s.add(Order(client_order_id="entry-c1-AAA", symbol="AAA", side="buy", purpose="entry", qty=QTY,
+                        stop_loss_price=47.5, take_profit_price=57.5, status="pending_submit", created_at=now,
+                        updated_at=now))
+        rt.broker.submit_order(OrderRequest("entry-c1-AAA", "AAA", "buy", QTY))
+        assert cli_reconcile("--fix") == []  # in flight: compared once it settles, never adopted
+        position = open_position(rt, symbol="AAA", qty=QTY, client_order_id="entry-c1-AAA")  # the worker goes on
+        monitored(position.id)
+        assert len(rows(Position)) == 1 and paper_qty("AAA") == QTY
+        assert cli_reconcile("--fix") == []
