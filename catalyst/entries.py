@@ -145,7 +145,9 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
         admit_entry(rt, client_order_id=client_order_id, symbol=symbol, qty=qty, stop=stop, target=target,
                     cycle_id=cycle_id, worker=worker)
         intent = _recorded_intent(client_order_id)
-    elif intent.status == "pending_submit":
+    elif intent.status in DEAD_ENTRY_STATUSES and (intent.filled_qty or 0) <= 0:
+        raise EntryRefused("retired", f"entry {client_order_id} is {intent.status} ({intent.error}): never sent again")
+    elif intent.status in ("pending_submit", "unknown"):
         _recheck_unsent(rt, intent, worker)
     legs = {"stop_loss_price": intent.stop_loss_price, "take_profit_price": intent.take_profit_price} \
         if rt.broker.supports_legs and intent.stop_loss_price is not None else {}
@@ -217,26 +219,51 @@ def _refusal(s, rt: Runtime, symbol: str, client_order_id: str, cycle_id: int | 
     return None
 
 
+INTENT_TTL = timedelta(minutes=10)  # an entry not sent by then is a stale decision: it is never sent
+
+
 def _recheck_unsent(rt: Runtime, intent: Order, worker: str | None) -> None:
-    """An intent never confirmed sent: if the broker has never seen it, the gate is asked again."""
+    """An intent the broker may never have received: if it has not, the gate is asked again, under its lock.
+
+    The halt, the symbol and the limit may have changed since admission; an intent older than
+    ``INTENT_TTL`` is retired instead (reconciliation retires it too, later, under the same lock).
+    """
     try:
         at_broker = rt.broker.get_order(intent.client_order_id)
     except (BrokerError, OSError) as exc:
         raise OrderPending(f"entry {intent.client_order_id}: broker unreachable ({exc})") from exc
     if at_broker is not None:
-        return
+        return  # it is there: the submit adopts it
     now = rt.clock.now()
     with session_scope() as s:
         lock_entry_gate(s, now)
-        if not is_halted(s):
+        status = s.scalar(select(Order.status).where(Order.client_order_id == intent.client_order_id))
+        if status not in ("pending_submit", "unknown"):
+            refusal = ("retired", f"entry {intent.client_order_id} was retired ({status}) before it was sent")
+        elif now - intent.created_at > INTENT_TTL:
+            refusal = ("expired", f"entry {intent.client_order_id} was not sent within "
+                                  f"{int(INTENT_TTL.total_seconds() // 60)} min: a stale decision is never sent")
+        else:
+            refusal = _refusal(s, rt, intent.symbol, intent.client_order_id, intent.cycle_id)
+        if refusal is None:
             return
         s.execute(update(Order).where(Order.client_order_id == intent.client_order_id,
-                                      Order.status == "pending_submit")
-                  .values(status="canceled", error="halted before it was sent", updated_at=now))
-        record_decision(s, kind="entry", action="skip", reason="halted", symbol=intent.symbol,
+                                      Order.status.in_(("pending_submit", "unknown")))
+                  .values(status="canceled", error=f"{refusal[0]} before it was sent", updated_at=now))
+        record_decision(s, kind="entry", action="skip", reason=refusal[0], symbol=intent.symbol,
                         cycle_id=intent.cycle_id, decided_at=now, worker=worker,
                         details={"client_order_id": intent.client_order_id})
-    raise EntryRefused("halted", f"trading is halted: the entry in {intent.symbol} was not sent")
+    raise EntryRefused(*refusal)
+
+
+def retire_unsent_entry(client_order_id: str, now, reason: str) -> bool:
+    """Reconciliation's side: retire an entry intent the broker never received, under the gate lock,
+    with a status the entry path never sends (``canceled``). True when it was retired."""
+    with session_scope() as s:
+        lock_entry_gate(s, now)
+        return s.execute(update(Order).where(Order.client_order_id == client_order_id,
+                                             Order.status.in_(("pending_submit", "unknown")))
+                         .values(status="canceled", error=reason, updated_at=now)).rowcount == 1
 
 
 def _recorded_intent(client_order_id: str) -> Order | None:

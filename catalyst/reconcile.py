@@ -112,6 +112,11 @@ def _unknown_order(rt: Runtime, order: Order, now: datetime, fix: bool) -> list[
     if report is not None:
         orders.record(report, now)
         finding.broker, finding.action = _report_view(report), f"fixed: resolved as {report.status}"
+    elif order.purpose == "entry":
+        from catalyst.entries import INTENT_TTL, retire_unsent_entry
+
+        if age > 2 * INTENT_TTL and retire_unsent_entry(order.client_order_id, now, "never reached the broker"):
+            finding.action = "fixed: never reached the broker, retired (canceled)"
     elif age > STUCK_AFTER:
         _set_status(order.id, "rejected", "never reached the broker (reconcile)", now)
         finding.action = "fixed: never reached the broker, marked rejected"

@@ -315,3 +315,25 @@ def test_halt_after_evaluation_stops_the_planned_entry(market):
         assert [d.reason for d in rows(Decision, Decision.kind == "entry")] == ["halted"]
         assert CliRunner().invoke(main, ["resume"]).exit_code == 0
         assert enter("AAA", planned.client_order_id, cycle_id=planned.cycle_id).status == "open"
+
+
+def test_an_unsent_entry_is_gated_again_and_a_stale_one_is_never_sent(market):
+    with market():
+        rt = get_runtime()
+        now = rt.clock.now()
+        with session_scope() as s:  # intents whose worker died before sending (redelivered later)
+            for cid, symbol, minutes in (("entry-c1-AAA", "AAA", 1), ("entry-c1-BBB", "BBB", 11)):
+                s.add(Order(client_order_id=cid, symbol=symbol, side="buy", purpose="entry", qty=QTY,
+                            stop_loss_price=47.5, take_profit_price=57.5, status="pending_submit",
+                            created_at=now - timedelta(minutes=minutes), updated_at=now))
+        enter("CCC", "manual-ccc")
+        with session_scope() as s:  # meanwhile AAA was bought under another order
+            s.add(Order(client_order_id="manual-aaa", symbol="AAA", side="buy", purpose="entry", qty=QTY,
+                        status="unknown", created_at=now, updated_at=now))
+        with pytest.raises(EntryRefused, match="already held or being entered"):
+            enter("AAA", "entry-c1-AAA")
+        with pytest.raises(EntryRefused, match="stale decision is never sent"):
+            enter("BBB", "entry-c1-BBB")
+        assert {o.client_order_id: o.status for o in rows(Order, Order.client_order_id.in_(
+            ["entry-c1-AAA", "entry-c1-BBB"]))} == {"entry-c1-AAA": "canceled", "entry-c1-BBB": "canceled"}
+        assert paper_qty("AAA") == 0 and paper_qty("BBB") == 0

@@ -14,7 +14,7 @@ from sqlalchemy import delete, select, update
 from catalyst.brokers.base import OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import ActivityLog, AgentLog, Order, PaperOrder, Position, ScheduleEntry
-from catalyst.entries import open_position
+from catalyst.entries import EntryRefused, open_position
 from catalyst.logs import configure_logging
 from catalyst.positions import request_exit
 from catalyst.reconcile import reconcile
@@ -106,8 +106,14 @@ def test_an_order_that_never_reached_the_broker_stops_counting_as_in_flight(mark
         age(Order, order.id, created_at=timedelta(minutes=6))
         unknown.reachable = True
         fixed = {f["ours"].get("client_order_id"): f["action"] for f in cli_reconcile("--fix") if f["kind"] == "unknown_order"}
-        assert fixed["entry-c1-BBB"] == "fixed: never reached the broker, marked rejected"
-        assert rows(Order, Order.client_order_id == "entry-c1-BBB")[0].status == "rejected"
+        assert fixed["entry-c1-BBB"] == "escalated"  # its task may still be retrying: not retired yet
+        age(Order, order.id, created_at=timedelta(minutes=21))
+        fixed = {f["ours"].get("client_order_id"): f["action"] for f in cli_reconcile("--fix") if f["kind"] == "unknown_order"}
+        assert fixed["entry-c1-BBB"] == "fixed: never reached the broker, retired (canceled)"
+        assert rows(Order, Order.client_order_id == "entry-c1-BBB")[0].status == "canceled"
+        with pytest.raises(EntryRefused, match="never sent again"):  # a late redelivery of its task sends nothing
+            open_position(rt, symbol="BBB", qty=QTY, client_order_id="entry-c1-BBB")
+        assert paper_qty("BBB") == 0
 
 
 def test_a_position_the_broker_no_longer_holds_is_escalated_and_never_sold(market):
