@@ -87,6 +87,10 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
                           f"retried from {blocked_until.astimezone(rt.calendar.tz).isoformat()}")
     if status == "open":
         request_exit(rt, position_id, "manual")
+    attempt, _, remaining = _exit_progress(position_id, qty)
+    if attempt > MAX_EXIT_ORDERS and remaining > 1e-9:  # checked before the legs go: protection stays in place
+        raise BrokerError(f"position {position_id}: {MAX_EXIT_ORDERS} exit orders sent and {remaining:g} "
+                          "shares still held; needs an operator")
     filled_leg = _clear_legs(rt, position_id)
     if _exit_progress(position_id, qty)[2] <= 1e-9:  # the legs sold it all (one leg, or a partial and the other)
         reason = None if filled_leg is None else "stop_loss" if filled_leg.leg_purpose == "stop" else "take_profit"
@@ -110,6 +114,7 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
             log.warning("exit_not_filled", position_id=position_id, status=report.status, reason=report.reason)
             if report.status == "rejected":
                 _protect_after_refusal(rt, position_id, symbol, remaining, report)
+            _protect_while_exiting(rt, position_id, remaining)  # cancelled or expired unfilled: a stop until the retry
             break
     if _exit_progress(position_id, qty)[2] <= 1e-9:
         return _close_from_exit_orders(rt, position_id, worker)
@@ -117,6 +122,36 @@ def execute_exit(rt: Runtime, position_id: int, worker: str | None = None) -> Po
 
 
 FINISHED = ("filled", "canceled", "expired", "rejected", "done_for_day")
+
+
+def _protect_while_exiting(rt: Runtime, position_id: int, held: float) -> None:
+    """The legs are gone and the sell did not fill: a stop holds the shares until the exit runs again."""
+    from catalyst.protection import ensure_protection
+
+    try:
+        ensure_protection(rt, position_id, allow_closing=True, qty=held)
+    except BrokerError as exc:
+        log.error("exit_protection_failed", position_id=position_id, error=str(exc))
+
+
+def cancel_leftover_stops(rt: Runtime, position_id: int) -> None:
+    """A closed position must leave no working stop behind: one filling later would open a short."""
+    with session_scope() as s:
+        stops = s.scalars(select(Order).where(Order.position_id == position_id, Order.purpose == "stop",
+                                              Order.status.not_in(FINISHED + ("replaced",)))).all()
+        stops = [(o.broker_order_id, o.client_order_id) for o in stops]
+    for broker_order_id, client_order_id in stops:
+        try:
+            report = (rt.broker.cancel_order(broker_order_id) if broker_order_id
+                      else orders.resolve(rt.broker, client_order_id))
+            if report is not None and not broker_order_id and not report.is_final:
+                report = rt.broker.cancel_order(report.broker_order_id)
+        except BrokerError as exc:
+            log.error("leftover_stop_not_cancelled", position_id=position_id, client_order_id=client_order_id,
+                      error=str(exc))
+            continue
+        if report is not None:
+            _record_leg_state(report, rt.clock.now())
 
 
 def _protect_after_refusal(rt: Runtime, position_id: int, symbol: str, held: float, report: BrokerOrderReport):
@@ -279,5 +314,7 @@ def _close(rt: Runtime, position_id: int, report: BrokerOrderReport, worker: str
     if won:
         log.info("position_closed", position_id=position_id, symbol=position.symbol, reason=position.exit_reason,
                  exit_price=report.filled_avg_price, realized_pnl=round(pnl, 2), pnl_pct=round(pnl_pct, 3))
+        if rt.broker.supports_legs:
+            cancel_leftover_stops(rt, position_id)
     with session_scope() as s:
         return s.get(Position, position_id)

@@ -9,8 +9,10 @@ from what the broker really holds.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from catalyst import orders
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderOutcomeUnknown
@@ -156,10 +158,15 @@ def ensure_protection(rt: Runtime, position_id: int, price: float | None = None,
                                                    Order.purpose.in_(("stop", "take_profit"))).limit(1))
         if had_legs is None and require_legs:
             return None  # never protected at the broker (adopted, or booked by hand): reconciliation's call
-        if standalone and standalone[-1].status == "rejected" and not allow_closing:
-            return None  # the broker refused the last one: escalated (logged), not retried every check
+        retry_after = timedelta(seconds=rt.settings.monitor_check_interval)
+        if standalone and standalone[-1].status == "rejected" and not allow_closing \
+                and rt.clock.now() - standalone[-1].updated_at < retry_after:
+            return None  # the broker refused it just now: escalated (logged), tried again after an interval
         symbol, stop_price = position.symbol, position.stop_loss_price
-        qty = position.qty if qty is None else qty  # what is still held (a partial exit may have sold some)
+        if qty is None:  # what is still held: legs or exits may have sold part of it
+            sold = s.scalar(select(func.coalesce(func.sum(Order.filled_qty), 0.0)).where(
+                Order.position_id == position_id, Order.side == "sell"))
+            qty = position.qty - sold
         resume = next((o.client_order_id for o in standalone if o.status in ("pending_submit", "unknown")), None)
         if any(o.status not in ("pending_submit", "unknown") and (o.qty or 0) >= qty - 1e-9 for o in live):
             return None
@@ -196,6 +203,13 @@ def ensure_protection(rt: Runtime, position_id: int, price: float | None = None,
                         stop=round(stop_price, 2), client_order_id=client_order_id, status=report.status)
     log.warning("protective_stop_placed", position_id=position_id, symbol=symbol, qty=qty, stop=round(stop_price, 2),
                 client_order_id=client_order_id)
+    with session_scope() as s:
+        closed = s.scalar(select(Position.status).where(Position.id == position_id)) == "closed"
+    if closed:  # another run closed it while this stop was being placed: it must not outlive the position
+        from catalyst.positions import cancel_leftover_stops
+
+        cancel_leftover_stops(rt, position_id)
+        return None
     return report
 
 

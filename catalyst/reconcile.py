@@ -17,16 +17,18 @@ risk setting. Everything it cannot mend safely is escalated (an error in the log
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import func, select, update
 
-from catalyst import orders
+from catalyst import leases, orders
 from catalyst.brokers.base import FINAL_ORDER_STATUSES, BrokerError, BrokerOrderReport
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position, ScheduleEntry, TradingCycle
+from catalyst.domain import CatalystError
 from catalyst.records import record_activity, security_id
 from catalyst.runtime import Runtime
 
@@ -57,12 +59,26 @@ class Finding:
         return asdict(self)
 
 
+LEASE = "reconcile"
+LEASE_SECONDS = 120.0
+
+
+class ReconcileBusy(CatalystError):
+    """Another reconciliation is running: two at once could adopt the same shares twice."""
+
+
 def reconcile(rt: Runtime, *, fix: bool, worker: str | None = None) -> list[Finding]:
-    """One run; with ``fix`` the safe mends are applied and the rest escalated."""
-    now = rt.clock.now()
-    findings = _check_orders(rt, now, fix)
-    findings += _check_positions(rt, now, fix)
-    findings += _check_liveness(rt, now)
+    """One run; with ``fix`` the safe mends are applied and the rest escalated. One run at a time."""
+    holder = f"{worker or 'reconcile'}:{uuid.uuid4().hex[:12]}"
+    if leases.acquire(LEASE, holder, LEASE_SECONDS) is None:
+        raise ReconcileBusy("another reconciliation is running; try again in a moment")
+    try:
+        now = rt.clock.now()
+        findings = _check_orders(rt, now, fix)
+        findings += _check_positions(rt, now, fix)
+        findings += _check_liveness(rt, now)
+    finally:
+        leases.release(LEASE, holder)
     for f in findings:
         if fix and f.action == "reported":
             f.action = "escalated"

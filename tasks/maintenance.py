@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from catalyst.celery import app
-from catalyst.reconcile import reconcile as run_reconcile
+from catalyst.reconcile import ReconcileBusy, reconcile as run_reconcile
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask
 from workers.heartbeat import beat_heart
@@ -20,5 +20,8 @@ def heartbeat(self) -> str:
 @app.task(name="catalyst.reconcile", base=CatalystTask, bind=True, ignore_result=True)
 def reconcile(self, slot: str | None = None) -> dict:
     """Compare our books with the broker's, apply the safe mends and escalate the rest."""
-    findings = run_reconcile(get_runtime(), fix=True, worker=self.request.hostname)
+    try:
+        findings = run_reconcile(get_runtime(), fix=True, worker=self.request.hostname)
+    except ReconcileBusy:
+        return {"skipped": "another reconciliation is running"}
     return {"findings": len(findings), "escalated": sum(f.action == "escalated" for f in findings)}

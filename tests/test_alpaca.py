@@ -508,3 +508,18 @@ def test_two_deliveries_of_one_bracket_entry_open_one_position_at_alpaca(fake, m
         assert len([o for o in fake.orders if o["client_order_id"] == f"entry-c{n}-{symbol}"]) == 1
         assert float(fake.positions[symbol]["qty"]) == 5  # the broker holds what our books hold
     assert query(lambda s: s.scalar(select(func.count()).select_from(Position))) == 20
+
+
+def test_a_position_closed_elsewhere_leaves_no_working_stop_behind(fake, market):
+    from catalyst.brokers.base import BrokerOrderReport
+    from catalyst.positions import close_with_fills
+
+    fake.partial_fills("ACME", 0.6)
+    position = open_acme(qty=10)  # 6 filled; a standalone gtc stop protects them
+    fake.partial_fills("ACME", None)
+    (stop,) = live_stops(fake)
+    # another run sold the 6 and is closing the position (e.g. a redriven exit racing this one)
+    sold = BrokerOrderReport("x", f"exit-p{position.id}", "ACME", "sell", 6, "filled", 6, 100.0)
+    close_with_fills(get_runtime(), position.id, [sold], reason="manual")
+    assert fake.order(stop["id"])["status"] in ("pending_cancel", "canceled")  # it cannot sell short later
+    assert live_stops(fake) == []

@@ -253,3 +253,30 @@ def test_shares_of_an_entry_still_in_flight_are_never_adopted_twice(market):
         monitored(position.id)
         assert len(rows(Position)) == 1 and paper_qty("AAA") == QTY
         assert cli_reconcile("--fix") == []
+
+
+def test_two_reconciliations_at_once_adopt_orphaned_shares_once(market):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from catalyst.reconcile import ReconcileBusy
+
+    with market():
+        rt = get_runtime()
+        for n, symbol in enumerate(["AAA", "BBB", "CCC", "DDD", "EEE"] * 4):  # 20 rounds
+            if paper_qty(symbol) == 0:
+                rt.broker.submit_order(OrderRequest(f"by-hand-{n}", symbol, "buy", 3))
+            barrier = threading.Barrier(2)
+
+            def run(_):
+                barrier.wait()
+                try:
+                    return reconcile(rt, fix=True, worker=f"w{_}")
+                except ReconcileBusy:
+                    return "busy"
+
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(run, range(2)))
+            adopted = rows(Position, Position.symbol == symbol)
+            assert len(adopted) == 1, f"round {n}: {len(adopted)} positions for one broker holding"
+            assert adopted[0].qty == 3 == paper_qty(symbol)

@@ -164,7 +164,8 @@ class CatalystScheduler(Scheduler):
         A send that raises although Redis took the message (the reply was lost) is released and
         sent again: that duplicate is harmless, a lost slot is not. ``monitor_position`` holds a
         per-position lease (never two checks at once; exits are exactly-once by themselves) and
-        ``scan`` returns the existing cycle for a slot it has already scanned (``slot_at`` is unique).
+        ``scan`` returns the existing cycle for a slot it has already scanned (``slot_at`` is unique), and
+        ``reconcile`` runs one at a time under its own lease.
         """
         expires = max(10.0, self.rt.clock.wall_seconds(row.interval_seconds) * 2)
         self.app.send_task(row.task, args=list(row.args), kwargs={"slot": slot.isoformat()}, queue=row.queue,
