@@ -523,3 +523,29 @@ def test_a_position_closed_elsewhere_leaves_no_working_stop_behind(fake, market)
     close_with_fills(get_runtime(), position.id, [sold], reason="manual")
     assert fake.order(stop["id"])["status"] in ("pending_cancel", "canceled")  # it cannot sell short later
     assert live_stops(fake) == []
+
+
+@pytest.mark.parametrize("raised, expected", [
+    ("chunked", "OrderOutcomeUnknown"),  # the reply broke off mid-body: the order may exist
+    ("json", "OrderOutcomeUnknown"),     # the reply could not be read: likewise
+    ("redis", "BrokerError"),            # the shared rate-limit store failed before sending: nothing placed
+])
+def test_every_transport_failure_of_a_submit_is_mapped_never_raw(fake, market, raised, expected):
+    import redis
+    import requests
+
+    from catalyst.brokers.base import BrokerError, OrderOutcomeUnknown, OrderRequest
+
+    errors = {"chunked": requests.exceptions.ChunkedEncodingError("connection broken"),
+              "json": requests.exceptions.JSONDecodeError("Expecting value", "", 0),
+              "redis": redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379")}
+    broker = get_runtime().broker
+
+    def fail(*_a, **_k):
+        raise errors[raised]
+
+    broker.client.submit_order = fail
+    with pytest.raises(BrokerError) as caught:
+        broker.submit_order(OrderRequest("entry-c1-ACME", "ACME", "buy", 1))
+    assert type(caught.value).__name__ == expected
+    assert isinstance(caught.value, OrderOutcomeUnknown) == (expected == "OrderOutcomeUnknown")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import urlparse
 
+import redis
 import requests
 import structlog
 
@@ -113,11 +114,14 @@ class AlpacaBroker:
                         error=_message(exc))
             return BrokerOrderReport("", request.client_order_id, request.symbol, request.side, request.qty,
                                      "rejected", reason=_message(exc))
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            raise OrderOutcomeUnknown(f"submit of {request.client_order_id} got no answer: {type(exc).__name__}") \
-                from None
         except RateLimitTimeout as exc:  # the request budget never allowed it: nothing was sent
             raise BrokerError(f"submit of {request.client_order_id} not sent: {exc}") from None
+        except redis.RedisError as exc:  # the shared rate-limit bucket failed before (or after a 429): not placed
+            raise BrokerError(f"submit of {request.client_order_id} not sent: rate-limit store failed ({exc})") \
+                from None
+        except requests.RequestException as exc:  # no answer, or one we could not read: it may have been placed
+            raise OrderOutcomeUnknown(f"submit of {request.client_order_id} got no usable answer: "
+                                      f"{type(exc).__name__}") from None
         return report_from_order(order)
 
     def _order_data(self, request: OrderRequest):
@@ -247,8 +251,10 @@ class AlpacaBroker:
             raise error from exc
         except RateLimitTimeout as exc:  # nothing was sent
             raise BrokerError(f"{what}: rate limit budget exhausted ({exc})") from None
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            raise unknown(f"{what}: Alpaca did not answer ({type(exc).__name__})") from None
+        except redis.RedisError as exc:  # the shared rate-limit bucket failed: nothing that changes orders was sent
+            raise BrokerError(f"{what}: rate-limit store failed ({exc})") from None
+        except requests.RequestException as exc:  # no answer, or a garbled one
+            raise unknown(f"{what}: Alpaca did not answer usably ({type(exc).__name__})") from None
 
 
 def _message(exc) -> str:
