@@ -267,7 +267,8 @@ def _clear_legs(rt: Runtime, position_id: int) -> BrokerOrderReport | None:
     if not working:
         return None
     broker, now = rt.broker, rt.clock.now()
-    current = [r for r in (broker.get_order_by_id(oid) for oid, _ in working) if r is not None]
+    current = [_successor(rt, position_id, r) for r in (broker.get_order_by_id(oid) for oid, _ in working)
+               if r is not None]
     settled = []
     for report in current:
         if not report.is_final:
@@ -279,6 +280,15 @@ def _clear_legs(rt: Runtime, position_id: int) -> BrokerOrderReport | None:
         settled.append(report)
     log.info("legs_cleared", position_id=position_id, legs=[(r.leg_purpose, r.status, r.filled_qty) for r in settled])
     return next((r for r in settled if r.is_filled), None)
+
+
+def _successor(rt: Runtime, position_id: int, report: BrokerOrderReport) -> BrokerOrderReport:
+    """A replaced stop leg (a trail whose answer was lost) is followed to the leg resting in its place."""
+    if report.status != "replaced" or not report.replaced_by:
+        return report
+    from catalyst.protection import sync_stop_leg
+
+    return sync_stop_leg(rt, position_id, report.broker_order_id) or report
 
 
 def _record_leg_state(report: BrokerOrderReport, now: datetime) -> None:

@@ -168,8 +168,9 @@ def ensure_protection(rt: Runtime, position_id: int, price: float | None = None,
                 Order.position_id == position_id, Order.side == "sell"))
             qty = position.qty - sold
         resume = next((o.client_order_id for o in standalone if o.status in ("pending_submit", "unknown")), None)
-        if any(o.status not in ("pending_submit", "unknown") and (o.qty or 0) >= qty - 1e-9 for o in live):
-            return None
+        covering = [o for o in live if o.status not in ("pending_submit", "unknown", "pending_cancel")]
+        if any((o.qty or 0) - (o.filled_qty or 0) >= qty - 1e-9 for o in covering):
+            return None  # a stop that is not being cancelled still rests for all that is held
     if stop_price is None or qty <= 0 or (price is not None and price <= stop_price):
         return None
     client_order_id = resume or standalone_stop_client_order_id(position_id, len(standalone) + 1)

@@ -103,7 +103,7 @@ def _check_orders(rt: Runtime, now: datetime, fix: bool) -> list[Finding]:
             continue
         report = at_broker.get(order.broker_order_id)
         if report is None or report.status != order.status:
-            findings += _status_mismatch(rt, order, report, now, fix)
+            findings += _status_mismatch(rt, order, now, fix)
         elif order.purpose in ("entry", "exit") and now - order.created_at > STUCK_AFTER:
             findings.append(Finding("stuck_order", "warning", f"{order.purpose} order {order.client_order_id} has "
                                     f"been {order.status} for {_minutes(now - order.created_at)} min",
@@ -139,16 +139,15 @@ def _unknown_order(rt: Runtime, order: Order, now: datetime, fix: bool) -> list[
     return [finding]
 
 
-def _status_mismatch(rt: Runtime, order: Order, listed: BrokerOrderReport | None, now: datetime,
-                     fix: bool) -> list[Finding]:
+def _status_mismatch(rt: Runtime, order: Order, now: datetime, fix: bool) -> list[Finding]:
     """Our order looks live but the broker says otherwise (or lists it no more): take the broker's word.
 
-    An order missing from the listing is asked about by id first (a read): it may have been placed
-    after the listing was taken, and then there is nothing to report.
+    The order is read by id first: it may have been placed or moved on after the listing was taken,
+    and then there is nothing to report (and no stale snapshot is written over newer books).
     """
-    try:
-        report = listed or (rt.broker.get_order_by_id(order.broker_order_id) if order.broker_order_id
-                            else rt.broker.get_order(order.client_order_id))
+    try:  # read the order itself: the listing is a snapshot, and a worker may have moved on since
+        report = (rt.broker.get_order_by_id(order.broker_order_id) if order.broker_order_id
+                  else rt.broker.get_order(order.client_order_id))
     except BrokerError as exc:
         report, error = None, exc
     else:

@@ -549,3 +549,21 @@ def test_every_transport_failure_of_a_submit_is_mapped_never_raw(fake, market, r
         broker.submit_order(OrderRequest("entry-c1-ACME", "ACME", "buy", 1))
     assert type(caught.value).__name__ == expected
     assert isinstance(caught.value, OrderOutcomeUnknown) == (expected == "OrderOutcomeUnknown")
+
+
+def test_an_exit_cancels_a_stop_leg_whose_replacement_our_books_never_learned(fake, market):
+    from catalyst.protection import raise_stop
+
+    fake.partial_fills("ACME", 0.6)
+    position = open_acme()  # 6 filled: a standalone stop (no bracket group to cancel it with) protects them
+    fake.partial_fills("ACME", None)
+    fake.fail("PATCH", "/v2/orders/", "lost_reply")  # the trail's replace is applied; its answer is lost ...
+    fake.fail("GET", "/v2/orders/", "500")  # ... and so is the lookup that would have learned the new leg
+    raise_stop(get_runtime(), position.id, 97.0)
+    stale = db_stop(position.id)
+    assert stale.status in ("new", "held", "accepted") and stale.client_order_id == f"stop-p{position.id}-1"  # still the replaced leg
+    request_exit(get_runtime(), position.id, "manual")
+    closed = execute_exit(get_runtime(), position.id)
+    assert (closed.status, closed.exit_price) == ("closed", 100.0)
+    assert len(sells(fake)) == 1 and "ACME" not in fake.positions  # the live successor was cancelled first
+    assert live_stops(fake) == []
