@@ -56,6 +56,12 @@ def apply_report(order: Order, report: BrokerOrderReport, now: datetime) -> None
     order.updated_at = now
 
 
+def report_of(order: Order) -> BrokerOrderReport:
+    """Our mirror of an order, as the broker would report it (what our books know of it)."""
+    return BrokerOrderReport(order.broker_order_id or "", order.client_order_id, order.symbol, order.side, order.qty,
+                             order.status, order.filled_qty, order.filled_avg_price, order.filled_at)
+
+
 def record(report: BrokerOrderReport, now: datetime, position_id: int | None = None) -> None:
     """Mirror a broker report (and its bracket legs) into ``orders``."""
     with session_scope() as s:

@@ -232,8 +232,7 @@ SELL_PURPOSES = ("exit", "stop", "take_profit")
 def recorded_sell_fills(position_id: int, purposes: tuple[str, ...] = SELL_PURPOSES) -> list[BrokerOrderReport]:
     """The sell fills our books hold for a position, oldest first (legs and exits alike)."""
     with session_scope() as s:
-        return [BrokerOrderReport(o.broker_order_id or "", o.client_order_id, o.symbol, "sell", o.filled_qty, o.status,
-                                  o.filled_qty, o.filled_avg_price, o.filled_at) for o in s.scalars(
+        return [orders.report_of(o) for o in s.scalars(
             select(Order).where(Order.position_id == position_id, Order.side == "sell", Order.purpose.in_(purposes),
                                 Order.filled_qty > 0).order_by(Order.id)) if o.filled_avg_price is not None]
 

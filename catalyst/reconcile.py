@@ -173,7 +173,6 @@ class Holding:
     status: str
     qty: float  # bought minus every recorded sell fill
     bought: float
-    entry_price: float
     stop_loss_price: float | None
     closing_at: datetime | None
     exit_blocked_until: datetime | None = None  # a refused sale waiting for its retry (shown by status)
@@ -232,7 +231,7 @@ def _holdings() -> list[Holding]:
         positions = s.scalars(select(Position).where(Position.status != "closed").order_by(Position.id)).all()
         sold = dict(s.execute(select(Order.position_id, func.sum(Order.filled_qty)).where(
             Order.position_id.in_([p.id for p in positions]), Order.side == "sell").group_by(Order.position_id)).all())
-    return [Holding(p.id, p.symbol, p.status, p.qty - (sold.get(p.id) or 0.0), p.qty, p.entry_price,
+    return [Holding(p.id, p.symbol, p.status, p.qty - (sold.get(p.id) or 0.0), p.qty,
                     p.stop_loss_price, p.closing_at, p.exit_blocked_until) for p in positions]
 
 
@@ -260,7 +259,7 @@ def _adopt_filled_entries(rt: Runtime, now: datetime) -> list[Finding]:
     for order in _unlinked_entries():
         finding = _unadopted(order)
         try:
-            report = rt.broker.get_order(order.client_order_id) or _row_report(order)
+            report = rt.broker.get_order(order.client_order_id) or orders.report_of(order)
         except BrokerError as exc:
             finding.detail += f"; the broker could not say ({exc})"
             findings.append(finding)
@@ -442,11 +441,6 @@ def _apply(order_id: int, report: BrokerOrderReport, now: datetime) -> None:
 def _set_status(order_id: int, status: str, error: str, now: datetime) -> None:
     with session_scope() as s:
         s.execute(update(Order).where(Order.id == order_id).values(status=status, error=error, updated_at=now))
-
-
-def _row_report(o: Order) -> BrokerOrderReport:
-    return BrokerOrderReport(o.broker_order_id or "", o.client_order_id, o.symbol, o.side, o.qty, o.status,
-                             o.filled_qty, o.filled_avg_price, o.filled_at)
 
 
 def _purpose_of(report: BrokerOrderReport) -> str | None:
