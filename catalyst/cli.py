@@ -261,10 +261,10 @@ def _set_halt(halted: bool, reason: str | None) -> None:
 def reconcile_cmd(fix: bool, as_json: bool) -> None:
     """Compare our books with the broker's: report every disagreement (and mend the safe ones with --fix)."""
     rt = _runtime()
-    from catalyst.reconcile import reconcile
+    from catalyst.reconcile import LEASE_SECONDS as LEASE_WAIT, reconcile
 
     try:
-        findings = [f.as_dict() for f in reconcile(rt, fix=fix, worker="cli")]
+        findings = [f.as_dict() for f in reconcile(rt, fix=fix, worker="cli", wait=LEASE_WAIT)]
     except CatalystError as exc:
         _fail(exc)
     text = table(["kind", "severity", "symbol", "position", "detail", "action"],

@@ -17,6 +17,7 @@ risk setting. Everything it cannot mend safely is escalated (an error in the log
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -67,11 +68,15 @@ class ReconcileBusy(CatalystError):
     """Another reconciliation is running: two at once could adopt the same shares twice."""
 
 
-def reconcile(rt: Runtime, *, fix: bool, worker: str | None = None) -> list[Finding]:
-    """One run; with ``fix`` the safe mends are applied and the rest escalated. One run at a time."""
+def reconcile(rt: Runtime, *, fix: bool, worker: str | None = None, wait: float = 0.0) -> list[Finding]:
+    """One run; with ``fix`` the safe mends are applied and the rest escalated. One run at a time:
+    a caller waits up to ``wait`` seconds for a run in progress (the operator's), or gives way (the task)."""
     holder = f"{worker or 'reconcile'}:{uuid.uuid4().hex[:12]}"
-    if leases.acquire(LEASE, holder, LEASE_SECONDS) is None:
-        raise ReconcileBusy("another reconciliation is running; try again in a moment")
+    deadline = time.monotonic() + wait
+    while leases.acquire(LEASE, holder, LEASE_SECONDS) is None:
+        if time.monotonic() >= deadline:
+            raise ReconcileBusy("another reconciliation is running; try again in a moment")
+        time.sleep(0.2)
     try:
         now = rt.clock.now()
         findings = _check_orders(rt, now, fix)

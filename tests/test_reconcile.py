@@ -280,3 +280,14 @@ def test_two_reconciliations_at_once_adopt_orphaned_shares_once(market):
             adopted = rows(Position, Position.symbol == symbol)
             assert len(adopted) == 1, f"round {n}: {len(adopted)} positions for one broker holding"
             assert adopted[0].qty == 3 == paper_qty(symbol)
+
+
+def test_the_operators_reconcile_waits_for_a_scheduled_run_in_progress(market):
+    from catalyst import leases
+    from catalyst.reconcile import LEASE, ReconcileBusy
+
+    with market():
+        assert leases.acquire(LEASE, "scheduled-run", 1.0) is not None  # the worker's run holds it for a moment
+        with pytest.raises(ReconcileBusy):
+            reconcile(get_runtime(), fix=False, wait=0)  # the scheduled task gives way
+        assert cli_reconcile() == []  # the operator's command waits its turn instead of failing
