@@ -230,3 +230,62 @@ def test_the_watchdog_is_sent_before_any_check_at_the_first_slot_of_a_session(cl
         beat.close()
     assert order[0] == "reconcile"
     assert set(order[1:]) == {"scan-market", *(f"monitor-position-{i}" for i in ids)}
+
+
+def set_connections(pg_url: str, allowed: bool) -> None:
+    """Let the test database take connections or not (dropping the open ones): a real outage for this beat."""
+    database = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS {str(allowed).lower()}")
+        if not allowed:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+
+def test_beat_rides_out_postgres_going_away_and_sends_the_due_slot_when_it_returns(clock, app, redis_url, pg_url):
+    beat = CatalystScheduler(app=app)
+    try:
+        beat.tick()  # 10:15 goes out; beat holds the lease
+        set_connections(pg_url, False)
+        clock.set(at(10, 30))
+        with capture_logs() as events:
+            sleeps = [beat.tick() for _ in range(5)]  # must not raise: Celery's beat loop would exit
+        assert all(0 < s <= 1 for s in sleeps), sleeps
+        outages = [e["event"] for e in events if e["event"].startswith(("beat_outage", "beat_recovered"))]
+        assert outages == ["beat_outage"]  # once, not once per tick
+        set_connections(pg_url, True)
+        with capture_logs() as events:
+            beat.tick()
+        assert "beat_recovered" in [e["event"] for e in events]
+    finally:
+        set_connections(pg_url, True)
+        beat.close()
+    assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1,
+                                             ("scan-market", at(10, 30).isoformat()): 1}
+
+
+def test_beat_stops_trying_each_entry_while_redis_is_away_and_sends_every_slot_once_when_it_returns(
+        clock, app, redis_url):
+    ids = [seed_position(s, 50.0, at(9, 30) - timedelta(days=1)) for s in ("AAA", "BBB", "CCC", "DDD")]
+    names = {"scan-market", *(f"monitor-position-{i}" for i in ids)}
+    beat = CatalystScheduler(app=app)
+    flaky = FlakySend(app)
+    flaky.failures = 1000  # Redis is down: every send would cost its publish retries
+    try:
+        with capture_logs() as events:
+            beat.tick()
+            beat.tick()
+        assert len(flaky.failed) == 3, "two attempts, then one per tick while Redis is away: not one per entry"
+        (outage,) = [e for e in events if e["event"].startswith(("beat_outage", "beat_recovered"))]
+        assert outage["event"] == "beat_outage" and outage["server"] == "redis"
+        assert "Connection refused" in outage["error"]
+        assert all(entry(n).last_slot_at is None for n in names), "nothing claimed stays claimed"
+        flaky.failures = 0
+        with capture_logs() as events:
+            beat.tick()
+            beat.tick()
+        assert [e["event"] for e in events if e["event"].startswith(("beat_outage", "beat_recovered"))] == [
+            "beat_recovered"]
+    finally:
+        beat.close()
+    sent = sent_slots(redis_url, "scan") + sent_slots(redis_url, "monitor")
+    assert sent == {(n, at(10, 15).isoformat()): 1 for n in names}

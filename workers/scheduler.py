@@ -9,6 +9,9 @@
   beats that both think they lead cannot enqueue the same slot twice.
 - A claimed slot is sent or released, never lost: if the send fails the claim is handed back
   and the next tick (ours or a new leader's) sends it; one failed send never stops the tick.
+- Outages are ridden out: no Redis or PostgreSQL error escapes :meth:`tick` (Celery's beat loop
+  would exit on it and nothing would be checked again). Beat logs the outage, retries every
+  ``OUTAGE_RETRY`` seconds, and resumes with the first tick after the servers return.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ from workers.signals import check_startup
 log = structlog.get_logger("catalyst.beat")
 LEASE = "beat"
 MIN_SLEEP = 0.02
+OUTAGE_RETRY = 0.5  # seconds between ticks while Redis or PostgreSQL is away: resume promptly on return
+BROKER_DOWN_AFTER = 2  # consecutive failed sends in one tick: the broker is away, leave the rest due
+OUTAGE_LOG_EVERY = 30.0  # seconds between "still away" lines during a long outage
+
+
+class BrokerUnreachable(Exception):
+    """Sends to Redis keep failing: the tick stops and the rest stays due (the cause is the send's error)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,10 @@ class CatalystScheduler(Scheduler):
         self.token: int | None = None
         self._last_heartbeat = 0.0
         self._unreleased: dict[str, Claim] = {}  # claims whose release could not be written yet
+        self._outage_since: float | None = None  # monotonic start of the current outage
+        self._outage_kind: str | None = None  # "database" or "redis": what the current outage is of
+        self._outage_logged = 0.0
+        self._last_send_error: Exception | None = None
         self.rt = None
         super().__init__(*args, **kwargs)
 
@@ -70,30 +84,77 @@ class CatalystScheduler(Scheduler):
             return {e.name: e for e in s.scalars(select(ScheduleEntry)).all()}
 
     def tick(self, *args, **kwargs) -> float:
+        """One pass: renew the lease, then claim and send what is due. Never raises."""
+        try:
+            sleep, sent = self._tick()
+        except BrokerUnreachable as exc:
+            return self._in_outage(exc.__cause__ or exc, "redis")
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL is away (or Redis, under it): wait, never exit
+            return self._in_outage(exc, "database")
+        if self._outage_kind == "database" or sent:  # a Redis outage is over once something was sent
+            self._outage_over()
+        return sleep
+
+    def _tick(self) -> tuple[float, bool]:
         settings = self.rt.settings
+        self._retry_releases()  # even as standby: a slot we claimed but never sent belongs to the leader
         token = leases.acquire(LEASE, self.holder, settings.beat_lease_seconds)
         if token != self.token:
             log.info("beat_active" if token else "beat_standby", holder=self.holder, fence=token)
             self.token = token
         self._heartbeat("active" if token else "standby")
-        self._retry_releases()  # even as standby: a slot we claimed but never sent belongs to the leader
         if token is None:
-            return min(1.0, settings.beat_lease_seconds / 4)
+            return min(1.0, settings.beat_lease_seconds / 4), False
         now = self.rt.clock.now()
         rows = self._sync_entries(now)
+        # Each send to a dead broker costs its publish retries: stop after a few failures in a row
+        # (after one, while Redis is known to be away) and leave the rest due for the next tick.
+        give_up_after = 1 if self._outage_kind == "redis" else BROKER_DOWN_AFTER
+        failed, sent_any = 0, False
         for row in sorted(rows, key=lambda r: r.name != beat_schedule.RECONCILE_ENTRY):  # the watchdog goes first
-            if row.next_run_at is not None and row.next_run_at <= now:
-                try:
-                    self._fire(row, now)
-                except Exception as exc:  # noqa: BLE001 - an unwritten claim claimed nothing: next tick retries
-                    log.warning("schedule_slot_claim_failed", entry=row.name, error=f"{type(exc).__name__}: {exc}")
-        return self._sleep_until_next(rows, now)
+            if row.next_run_at is None or row.next_run_at > now:
+                continue
+            try:
+                sent = self._fire(row, now)
+            except Exception as exc:  # noqa: BLE001 - an unwritten claim claimed nothing: next tick retries
+                log.warning("schedule_slot_claim_failed", entry=row.name, error=f"{type(exc).__name__}: {exc}")
+                continue
+            if sent is False:
+                failed += 1
+                if failed >= give_up_after:
+                    raise BrokerUnreachable(row.name) from self._last_send_error
+            else:
+                failed, sent_any = 0, sent_any or bool(sent)
+        return self._sleep_until_next(rows, now), sent_any
+
+    def _in_outage(self, exc: BaseException, kind: str) -> float:
+        """Log the outage once (and then every ``OUTAGE_LOG_EVERY`` s) and come back soon."""
+        now = time.monotonic()
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged = now
+            log.error("beat_outage", holder=self.holder, server=kind, error=error)
+        elif now - self._outage_logged >= OUTAGE_LOG_EVERY:
+            self._outage_logged = now
+            log.warning("beat_outage_continues", holder=self.holder, server=kind,
+                        seconds=round(now - self._outage_since, 1), error=error)
+        self._outage_kind = kind
+        return OUTAGE_RETRY
+
+    def _outage_over(self) -> None:
+        if self._outage_since is not None:
+            log.info("beat_recovered", holder=self.holder, server=self._outage_kind, fence=self.token,
+                     outage_seconds=round(time.monotonic() - self._outage_since, 1))
+            self._outage_since = self._outage_kind = None
 
     def close(self) -> None:
         if self.token is not None:
-            leases.release(LEASE, self.holder)
+            try:
+                leases.release(LEASE, self.holder)
+                log.info("beat_released", holder=self.holder)
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL is away: the lease simply expires
+                log.warning("beat_release_failed", holder=self.holder, error=f"{type(exc).__name__}: {exc}")
             self.token = None
-            log.info("beat_released", holder=self.holder)
         try:
             beat_heart(self.service, kind="beat", status="stopped")
         except Exception:
@@ -126,7 +187,8 @@ class CatalystScheduler(Scheduler):
             return [r for name, r in rows.items() if name in wanted] + [
                 r for r in s.new if isinstance(r, ScheduleEntry)]
 
-    def _fire(self, row: ScheduleEntry, now: datetime) -> None:
+    def _fire(self, row: ScheduleEntry, now: datetime) -> bool | None:
+        """Claim and send ``row``'s due slot: True when sent, False when the send failed (released), else None."""
         cal = self.rt.calendar
         interval = timedelta(seconds=row.interval_seconds)
         slot = row.next_run_at
@@ -138,7 +200,7 @@ class CatalystScheduler(Scheduler):
         with session_scope() as s:
             if slot is None:
                 s.execute(update(ScheduleEntry).where(ScheduleEntry.name == row.name).values(next_run_at=following))
-                return
+                return None
             claimed = s.execute(
                 update(ScheduleEntry)
                 .where(ScheduleEntry.name == row.name,
@@ -147,16 +209,18 @@ class CatalystScheduler(Scheduler):
                         total_sent=ScheduleEntry.total_sent + 1, updated_at=datetime.now(UTC))
             ).rowcount == 1
         if not claimed:
-            return
+            return None
         claim = Claim(row.name, slot, row.last_slot_at, row.last_sent_at)
         try:
             self._send(row, slot)
         except Exception as exc:  # noqa: BLE001 - whatever the broker raised, the slot must not be lost
             log.warning("schedule_slot_send_failed", entry=row.name, task=row.task, slot=slot.isoformat(),
                         fence=self.token, error=f"{type(exc).__name__}: {exc}")
+            self._last_send_error = exc
             self._release(claim)
-            return
+            return False
         log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), fence=self.token)
+        return True
 
     def _send(self, row: ScheduleEntry, slot: datetime) -> None:
         """Enqueue one slot of ``row``.

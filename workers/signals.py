@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from celery import signals
+from sqlalchemy.exc import OperationalError
 
 from catalyst.db.engine import NotMigrated, dispose_all, ensure_migrated
 from catalyst.domain import CatalystError
@@ -15,18 +18,35 @@ log = structlog.get_logger("catalyst.worker")
 _heartbeat: HeartbeatThread | None = None
 
 
-def check_startup(service: str) -> None:
-    """Exit the process with one clear line if configuration or schema is not usable."""
-    try:
-        settings = get_settings()
-        configure_logging(settings.log_level, service)
-        ensure_migrated(settings.sqlalchemy_url)
-        from catalyst.runtime import get_runtime
+STARTUP_RETRY_MAX = 5.0  # seconds between start-up attempts while the database does not answer
 
-        get_runtime()  # validates settings up front; with Alpaca, also cross-checks its calendar
-    except (NotMigrated, CatalystError) as exc:
-        log.error("startup_refused", service=service, error=str(exc))
-        raise SystemExit(f"catalyst {service}: {exc}") from None
+
+def check_startup(service: str) -> None:
+    """Exit the process with one clear line if configuration or schema is not usable.
+
+    A database that does not answer is waited for (an outage of any length must not leave the
+    host without a beat or a worker once it ends); a database that answers but is not migrated,
+    or a bad setting, ends the process at once.
+    """
+    delay = 0.5
+    while True:
+        try:
+            settings = get_settings()
+            configure_logging(settings.log_level, service)
+            ensure_migrated(settings.sqlalchemy_url)
+            from catalyst.runtime import get_runtime
+
+            get_runtime()  # validates settings up front; with Alpaca, also cross-checks its calendar
+            return
+        except (NotMigrated, CatalystError) as exc:
+            log.error("startup_refused", service=service, error=str(exc))
+            raise SystemExit(f"catalyst {service}: {exc}") from None
+        except OperationalError as exc:
+            log.error("database_unreachable", service=service, retry_in=delay,
+                      error=str(exc.orig or exc).splitlines()[0][:300])
+            dispose_all()
+            time.sleep(delay)
+            delay = min(STARTUP_RETRY_MAX, delay * 2)
 
 
 @signals.worker_init.connect

@@ -16,6 +16,7 @@ from catalyst.domain import CatalystError
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "migrations"
+CONNECT_TIMEOUT = 5  # seconds for a PostgreSQL connect (psycopg connect_timeout)
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], tuple[Engine, sessionmaker]] = {}
@@ -43,7 +44,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # A server that silently drops packets must fail a connect in seconds, not hang a worker or beat
+    # for the operating system's TCP timeout (minutes): the caller logs it and tries again.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         connect_args={"connect_timeout": CONNECT_TIMEOUT})
 
 
 def get_engine(url: str | None = None) -> Engine:
