@@ -1,7 +1,8 @@
 """Celery configuration, derived from Catalyst's settings (REDIS_URL or the embedded broker).
 
 JSON only (pickle refused), exits on their own queue with late acks and prefetch 1,
-monitor results ignored, and broker reconnects retried forever.
+monitor results ignored, broker reconnects retried forever, and a malformed message dropped (with an
+activity_log row) rather than allowed to crash the worker.
 """
 
 from kombu import Exchange, Queue
@@ -19,9 +20,13 @@ if _settings.embedded_broker:
 else:
     # Above any countdown we use; the monitor redrives exits anyway, so redelivery is a backstop.
     broker_transport_options = {"visibility_timeout": 600}
+    if broker_url.startswith("redis://"):  # not rediss://: kombu turns TLS on by that transport name only
+        broker_transport = "workers.transport:Transport"  # kombu's Redis, dropping unreadable queue entries
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 worker_cancel_long_running_tasks_on_connection_loss = True
+# Quick reconnects (workers/reconnect.py) and poison messages dropped with a trace (workers/poison.py).
+worker_consumer = "workers.consumer:CatalystConsumer"
 
 task_serializer = "json"
 result_serializer = "json"
