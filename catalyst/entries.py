@@ -10,6 +10,10 @@
   still unresolved when retries run out is found and mended by ``catalyst.reconcile``.
 - **At most one position per entry order**: ``positions.entry_order_id`` is unique, and the
   order row is locked while its position is created, so redelivered tasks adopt one position.
+- **No shares without a position**: what is checked before the send (the reason fits its column,
+  the cycle exists, the client order id is not another path's) cannot fail after it; whatever
+  still fails after a fill leaves the entry :class:`OrderPending`, so the task retries and adopts
+  the filled order, never a position silently missing.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from dataclasses import dataclass
 from sqlalchemy import and_, not_, select, union_all, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from catalyst import orders
+from catalyst import client_ids, orders, task_args
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
 from catalyst.db.engine import dialect_insert, session_scope
-from catalyst.db.models import Order, Position, TradingState
+from catalyst.db.models import Order, Position, TradingCycle, TradingState
 from catalyst.domain import BadInput, require_price
 from catalyst.exits import quote_problem
 from catalyst.orders import OrderPending
@@ -88,7 +92,17 @@ def lock_entry_gate(s, now) -> None:
 
 
 def entry_client_order_id(cycle_id: int, symbol: str) -> str:
-    return f"entry-c{cycle_id}-{symbol}"[:48]
+    return client_ids.entry(cycle_id, symbol)
+
+
+def _own_client_order_id(client_order_id) -> str:
+    """An entry may not be sent under an id another path owns: that path would adopt the buy as its own."""
+    owner = client_ids.owner(client_order_id) if isinstance(client_order_id, str) else None
+    if not isinstance(client_order_id, str) or not client_order_id or len(client_order_id) > client_ids.MAX_LENGTH \
+            or not client_order_id.isascii() or owner not in (None, "entry", "manual"):
+        raise BadInput(f"client_order_id {task_args.shown(client_order_id)} cannot name an entry"
+                       + (f": it belongs to the {owner} path" if owner else ""))
+    return client_order_id
 
 
 def validate_entry(rt: Runtime, symbol: str, qty: float, stop: float | None, target: float | None):
@@ -132,8 +146,11 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
 
     With a broker that supports legs the entry is a bracket: stop and target live at the broker.
     Raises :class:`EntryRefused` (nothing sent), :class:`BadInput` (refused by the broker, nothing
-    held) or :class:`OrderPending` (the order may exist: retry, or reconciliation resolves it).
+    held) or :class:`OrderPending` (the order may exist, or filled and is not recorded yet: retry,
+    or reconciliation resolves it).
     """
+    client_order_id = _own_client_order_id(client_order_id)
+    reason = task_args.reason(reason)  # it lands in decisions.reason once the shares are bought: check it now
     intent = _recorded_intent(client_order_id)
     if intent is not None and intent.position_id is not None:
         with session_scope() as s:
@@ -166,7 +183,14 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
                             cycle_id=intent.cycle_id, decided_at=now, worker=worker,
                             details={"broker_reason": report.reason})
         raise BadInput(f"entry order for {intent.symbol} was {report.status}: {report.reason}")
-    position = open_from_fill(rt, client_order_id, report, reason=reason, worker=worker)
+    try:
+        position = open_from_fill(rt, client_order_id, report, reason=reason, worker=worker)
+    except Exception as exc:  # noqa: BLE001 - the shares are bought: retry until our books record them
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("entry_unrecorded", client_order_id=client_order_id, symbol=intent.symbol,
+                  filled=report.filled_qty, error=error)
+        raise OrderPending(f"entry {client_order_id} filled {report.filled_qty:g} {intent.symbol} at the broker "
+                           f"but its position is not recorded yet ({error}); retrying") from exc
     _protect_at_once(rt, position)
     return position
 
@@ -194,6 +218,9 @@ def admit_entry(rt: Runtime, *, client_order_id: str, symbol: str, qty: float, s
     now = rt.clock.now()
     with session_scope() as s:
         lock_entry_gate(s, now)
+        if cycle_id is not None and s.get(TradingCycle, cycle_id) is None:
+            # Bad input, not a trading decision: nothing is recorded (the lock row rolls back with it).
+            raise EntryRefused("unknown_cycle", f"unknown trading cycle id {cycle_id}: no entry in {symbol} is sent")
         refusal = _refusal(s, rt, symbol, client_order_id, cycle_id)
         if refusal is None:
             if s.scalar(select(Order.id).where(Order.client_order_id == client_order_id)) is None:
@@ -237,9 +264,12 @@ def _recheck_unsent(rt: Runtime, intent: Order, worker: str | None) -> None:
     now = rt.clock.now()
     with session_scope() as s:
         lock_entry_gate(s, now)
-        status = s.scalar(select(Order.status).where(Order.client_order_id == intent.client_order_id))
-        if status not in ("pending_submit", "unknown"):
+        status, filled = s.execute(select(Order.status, Order.filled_qty)
+                                   .where(Order.client_order_id == intent.client_order_id)).one()
+        if status in DEAD_ENTRY_STATUSES and (filled or 0) <= 0:
             refusal = ("retired", f"entry {intent.client_order_id} was retired ({status}) before it was sent")
+        elif status not in ("pending_submit", "unknown"):
+            return  # a concurrent delivery sent it meanwhile (e.g. it filled): the submit adopts it
         elif now - intent.created_at > INTENT_TTL:
             refusal = ("expired", f"entry {intent.client_order_id} was not sent within "
                                   f"{int(INTENT_TTL.total_seconds() // 60)} min: a stale decision is never sent")
@@ -297,14 +327,24 @@ def open_from_fill(rt: Runtime, client_order_id: str, report: BrokerOrderReport,
             record_activity(s, "position_opened", now, position_id=position.id, symbol=order.symbol,
                             qty=position.qty, entry_price=position.entry_price, stop=position.stop_loss_price,
                             target=position.take_profit_price, client_order_id=client_order_id)
-    except IntegrityError:  # another run created it between our read and our insert
-        with session_scope() as s:
-            order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
-            return s.scalar(select(Position).where(Position.entry_order_id == order.id))
+    except IntegrityError:
+        # Adoption only if another run opened this order's position between our read and our insert;
+        # any other integrity error is a failure to record shares we hold, and is raised.
+        adopted = _position_of_entry(client_order_id)
+        if adopted is None:
+            raise
+        log.info("position_adopted", position_id=adopted.id, client_order_id=client_order_id)
+        return adopted
     log.info("position_opened", position_id=position.id, symbol=position.symbol, qty=position.qty,
              entry_price=position.entry_price, stop=position.stop_loss_price, target=position.take_profit_price,
              client_order_id=client_order_id, legs=len(report.legs))
     return position
+
+
+def _position_of_entry(client_order_id: str) -> Position | None:
+    with session_scope() as s:
+        return s.scalar(select(Position).join(Order, Order.id == Position.entry_order_id)
+                        .where(Order.client_order_id == client_order_id))
 
 
 def _entry_volume(rt: Runtime, symbol: str, now) -> float | None:

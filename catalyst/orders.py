@@ -32,13 +32,21 @@ class OrderPending(CatalystError):
 
 def ensure_order(client_order_id: str, *, symbol: str, side: str, purpose: str, qty: float, now: datetime,
                  position_id: int | None = None, cycle_id: int | None = None) -> None:
-    """Write the intent before calling the broker; an existing row (a retry) is kept as it is."""
+    """Write the intent before calling the broker; an existing row (a retry) is kept as it is.
+
+    An existing row is adopted only if it is this intent's kind (same purpose, side and symbol):
+    under any other the id was taken by another path, and sending would adopt that path's order.
+    """
     try:
         with session_scope() as s:
-            if s.scalar(select(Order.id).where(Order.client_order_id == client_order_id)) is None:
+            existing = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
+            if existing is None:
                 s.add(Order(client_order_id=client_order_id, symbol=symbol, side=side, purpose=purpose, qty=qty,
                             position_id=position_id, cycle_id=cycle_id, status="pending_submit", created_at=now,
                             updated_at=now))
+            elif (existing.purpose, existing.side, existing.symbol) != (purpose, side, symbol):
+                raise CatalystError(f"client order id {client_order_id} is a {existing.purpose} {existing.side} of "
+                                    f"{existing.symbol}, not this {purpose}: not adopted, needs an operator")
     except IntegrityError:
         pass  # a concurrent retry wrote it first
 

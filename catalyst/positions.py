@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import func, select, update
 
-from catalyst import orders
+from catalyst import client_ids, orders
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position
@@ -49,7 +49,7 @@ EXIT_ATTEMPTS_PER_RUN = 3
 
 def exit_client_order_id(position_id: int, attempt: int = 1) -> str:
     """``exit-p<id>``; a follow-up sell for what a partial fill left over is ``exit-p<id>-<n>``."""
-    return f"exit-p{position_id}" if attempt == 1 else f"exit-p{position_id}-{attempt}"
+    return client_ids.exit(position_id, attempt)
 
 
 # -- exit --------------------------------------------------------------------------------------

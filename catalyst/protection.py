@@ -14,7 +14,7 @@ from datetime import timedelta
 import structlog
 from sqlalchemy import func, select
 
-from catalyst import orders
+from catalyst import client_ids, orders
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderOutcomeUnknown
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position
@@ -121,13 +121,13 @@ def _record_replacement(rt: Runtime, position_id: int, old_id: str, report: Brok
 
 
 # -- a live stop for the whole position ---------------------------------------------------------------
-STANDALONE_STOP_PREFIX = "stop-p"
+STANDALONE_STOP_PREFIX = client_ids.STOP_PREFIX
 OPEN_STOP_STATUSES = LIVE_LEG_STATUSES + ("partially_filled", "pending_submit", "unknown", "pending_cancel",
                                           "pending_replace")
 
 
 def standalone_stop_client_order_id(position_id: int, n: int) -> str:
-    return f"{STANDALONE_STOP_PREFIX}{position_id}-{n}"
+    return client_ids.stop(position_id, n)
 
 
 def ensure_protection(rt: Runtime, position_id: int, price: float | None = None, *,

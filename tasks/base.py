@@ -7,6 +7,7 @@ import inspect
 import structlog
 from celery import Task
 
+from catalyst import task_args
 from catalyst.db.engine import session_scope
 from catalyst.domain import BadInput
 from catalyst.positions import ExitRefused
@@ -26,7 +27,8 @@ class CatalystTask(Task):
         try:
             inspect.signature(self.run).bind(*args, **kwargs)
         except TypeError as exc:
-            raise BadInput(f"{self.name}: malformed arguments: {exc}") from None
+            detail = str(exc) if len(str(exc)) <= 120 else f"{str(exc)[:117]}..."  # a kwarg's name can be huge
+            raise BadInput(f"{self.name}: malformed arguments: {detail}") from None
         return super().__call__(*args, **kwargs)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
@@ -40,8 +42,5 @@ class CatalystTask(Task):
 
 
 def positive_int(value, what: str) -> int:
-    """Task arguments arrive as JSON: insist on a real positive integer id (digit strings allowed)."""
-    number = int(value) if isinstance(value, str) and value.isdigit() else value
-    if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
-        raise BadInput(f"{what} must be a positive integer, got {value!r}")
-    return number
+    """A row id from a message (see :func:`catalyst.task_args.row_id`: ASCII digits, PostgreSQL's range)."""
+    return task_args.row_id(value, what)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from catalyst import task_args
 from catalyst.celery import app
 from catalyst.reconcile import ReconcileBusy, reconcile as run_reconcile
 from catalyst.runtime import get_runtime
@@ -20,6 +21,7 @@ def heartbeat(self) -> str:
 @app.task(name="catalyst.reconcile", base=CatalystTask, bind=True, ignore_result=True)
 def reconcile(self, slot: str | None = None) -> dict:
     """Compare our books with the broker's, apply the safe mends and escalate the rest."""
+    task_args.slot(slot)  # beat's slot is informational here, but a malformed one is still refused
     try:
         findings = run_reconcile(get_runtime(), fix=True, worker=self.request.hostname)
     except ReconcileBusy:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import structlog
 
-from catalyst import leases
+from catalyst import leases, task_args
 from catalyst.celery import app
 from catalyst.brokers.base import BrokerError
 from catalyst.monitor import check_position
 from catalyst.orders import OrderPending
 from catalyst.positions import execute_exit
-from tasks.trading import parse_slot
 from catalyst.runtime import get_runtime
-from tasks.base import CatalystTask, positive_int
+from tasks.base import CatalystTask
 
 log = structlog.get_logger("catalyst.tasks")
 
@@ -20,7 +19,8 @@ log = structlog.get_logger("catalyst.tasks")
 @app.task(name="catalyst.monitor_position", base=CatalystTask, bind=True, ignore_result=True)
 def monitor_position(self, position_id: int, slot: str | None = None) -> str:
     """Check one position; never two checks of the same position at once."""
-    position_id = positive_int(position_id, "position_id")
+    position_id = task_args.row_id(position_id, "position_id")
+    slot_at = task_args.slot(slot)
     rt = get_runtime()
     holder = self.request.id or f"local-{id(self)}"
     name = f"monitor:{position_id}"
@@ -30,8 +30,7 @@ def monitor_position(self, position_id: int, slot: str | None = None) -> str:
         log.info("monitor_skipped", position_id=position_id, reason="check_in_progress")
         return "skipped"
     try:
-        outcome = check_position(rt, position_id, worker=self.request.hostname,
-                                 slot=parse_slot(slot) if slot else None)
+        outcome = check_position(rt, position_id, worker=self.request.hostname, slot=slot_at)
     finally:
         leases.release(name, holder)
     if outcome.needs_exit_task:
@@ -44,5 +43,5 @@ def monitor_position(self, position_id: int, slot: str | None = None) -> str:
           retry_backoff=2, retry_backoff_max=30, max_retries=10)
 def exit_position(self, position_id: int) -> str:
     """Sell and close a position exactly once, however often this runs."""
-    position = execute_exit(get_runtime(), positive_int(position_id, "position_id"), worker=self.request.hostname)
+    position = execute_exit(get_runtime(), task_args.row_id(position_id, "position_id"), worker=self.request.hostname)
     return position.status

@@ -263,3 +263,36 @@ def test_a_worker_on_an_unmigrated_database_exits_and_says_to_run_db_upgrade(tmp
     assert "catalyst db upgrade" in out, out
     assert "not migrated" in out, out
     assert "Traceback" not in out, out
+
+
+def test_ids_and_numbers_that_are_not_plainly_what_they_claim_are_refused_and_touch_nothing(tasks_env, tmp_path):
+    """Issue 8 point 5: ids are ASCII digits in PostgreSQL's integer range, numbers are JSON numbers (never bools).
+
+    Positions 1-7 exist, so a full-width '６' or an Arabic-Indic '٧' read as a digit would close a real one;
+    ``true`` read as 1 would buy one share of a symbol nobody holds.
+    """
+    from tests.support import seed_position
+    from tasks.monitoring import exit_position, monitor_position
+    from tasks.trading import enter_position
+
+    while seed_position("TEST", 100.0, SESSION_OPEN) < 7:
+        pass
+    before = counts(TASK_TABLES)
+    for task in (monitor_position, exit_position):
+        for bad in ["６", "٧", "²", "⑴", "１２", 10**400, 2**31, "2147483648", "99999999999", True, 1.0,
+                    float("nan"), " 1", "1 ", "+1"]:
+            result = task.apply(args=[bad])
+            assert result.failed(), f"{task.name}({bad!r:.40}) was accepted"
+            assert isinstance(result.result, BadInput), f"{task.name}({bad!r:.40}): {result.result!r}"
+            assert "position_id" in str(result.result) and len(str(result.result)) < 200
+    free = write_replay_csv(tmp_path / "FREE.csv", "FREE", SESSION_OPEN, [100.0] * 30)
+    with environment({**os.environ, "CATALYST_MARKET_DATA": f"{os.environ['CATALYST_MARKET_DATA']},{free}"}):
+        for field, bad in [("qty", True), ("qty", "5"), ("qty", 10**400), ("qty", float("inf")), ("qty", 1e12),
+                           ("stop", True), ("target", True), ("stop", "90"), ("cycle_id", True), ("cycle_id", "６")]:
+            result = enter_position.apply(kwargs={"symbol": "FREE", "qty": 5, **{field: bad}})
+            assert result.failed(), f"enter_position({field}={bad!r:.40}) was accepted"
+            assert isinstance(result.result, BadInput), f"enter_position({field}={bad!r:.40}): {result.result!r}"
+            assert field in str(result.result)
+    assert counts(TASK_TABLES) == before
+    assert {p.status for p in query(lambda s: s.scalars(select(Position)).all())} == {"open"}
+    still_works(tasks_env)
