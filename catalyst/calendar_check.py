@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 import structlog
 
 from catalyst.clock import WallClock
-from catalyst.sessions import SessionCalendar
+from catalyst.core.sessions import SessionCalendar
 
 log = structlog.get_logger("catalyst.calendar")
 LOOKAHEAD_DAYS = 14

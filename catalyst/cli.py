@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from catalyst.db.engine import NotMigrated, ensure_migrated, session_scope, upgrade
 from catalyst.db.models import Position, PositionMonitorStatus, ScheduleEntry, ServiceHealth, TradingState
-from catalyst.domain import CatalystError
+from catalyst.core.domain import CatalystError
 from catalyst.reports import position_dict, table
 from catalyst.settings import get_settings
 
@@ -290,7 +290,7 @@ def replay(data: tuple[str, ...], positions_file: str, as_json: bool) -> None:
     def local(ts: str | None) -> str:
         if not ts:
             return "-"
-        from catalyst.sessions import SessionCalendar
+        from catalyst.core.sessions import SessionCalendar
 
         tz = SessionCalendar.for_market(get_settings().market).tz
         return datetime.fromisoformat(ts).astimezone(tz).strftime("%Y-%m-%d %H:%M")

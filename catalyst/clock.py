@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 
 _SIM_SPEC = re.compile(r"^sim:(?P<start>[^@]+)@(?P<speed>[0-9]*\.?[0-9]+)$")
 MAX_SPEED = 100_000.0

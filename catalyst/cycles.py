@@ -14,10 +14,10 @@ from catalyst.db.models import Decision, ScanResult, TradingCycle
 from catalyst.entries import entry_client_order_id, exposure, is_halted
 from catalyst.records import record_decision, security_id
 from catalyst.runtime import Runtime
-from catalyst.domain import BadInput
-from catalyst.indicators import compute as compute_indicators
+from catalyst.core.domain import BadInput
+from catalyst.core.indicators import compute as compute_indicators
 from catalyst.monitor import INDICATOR_BARS, RSI_TRUSTED_BARS
-from catalyst.scanner import Candidate, EntryRules, Snapshot, evaluate, rank
+from catalyst.core.scanner import Candidate, EntryRules, Snapshot, evaluate, rank
 
 log = structlog.get_logger("catalyst.cycles")
 RECENT_BARS = 15

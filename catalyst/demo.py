@@ -18,11 +18,11 @@ from sqlalchemy import func, select
 
 from catalyst.db.engine import dispose_all, session_scope, upgrade
 from catalyst.db.models import Decision, Position, ServiceHealth
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.processes import spawn_beat, spawn_worker
 from catalyst.reports import table, trades_table
 from catalyst.runtime import get_runtime, reset_clock_anchor, reset_runtime
-from catalyst.sessions import SessionCalendar
+from catalyst.core.sessions import SessionCalendar
 
 WALL_BUDGET = 150.0  # seconds of wall time for the session itself; start-up and summary fit in 3 minutes
 LEAD_IN = timedelta(minutes=3)

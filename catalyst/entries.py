@@ -31,8 +31,8 @@ from catalyst import client_ids, orders, task_args
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
 from catalyst.db.engine import dialect_insert, session_scope
 from catalyst.db.models import Order, Position, TradingCycle, TradingState
-from catalyst.domain import BadInput, require_price
-from catalyst.exits import quote_problem
+from catalyst.core.domain import BadInput, require_price
+from catalyst.core.exits import quote_problem
 from catalyst.orders import OrderPending
 from catalyst.positions import RECENT_VOLUME_BARS, recent_volume
 from catalyst.records import record_activity, record_decision, security_id

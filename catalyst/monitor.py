@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from catalyst import leases
 from catalyst.db.engine import session_scope
 from catalyst.db.models import IndicatorSnapshot, Position, PositionMonitorStatus
-from catalyst.exits import ExitAssessment, HeldPosition, MarketFacts, assess_exit
-from catalyst.indicators import compute as compute_indicators
+from catalyst.core.exits import ExitAssessment, HeldPosition, MarketFacts, assess_exit
+from catalyst.core.indicators import compute as compute_indicators
 from catalyst.brokers.base import BrokerError
 from catalyst.leg_watch import filled_leg
 from catalyst.positions import (RECENT_VOLUME_BARS, UnknownPosition, close_with_fills, recent_volume,

@@ -19,7 +19,7 @@ from catalyst import hooks
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderOutcomeUnknown, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order
-from catalyst.domain import CatalystError
+from catalyst.core.domain import CatalystError
 
 log = structlog.get_logger("catalyst.orders")
 FILL_WAIT_SECONDS = 10.0

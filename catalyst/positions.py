@@ -20,8 +20,8 @@ from catalyst import client_ids, orders
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position
-from catalyst.domain import BadInput, CatalystError
-from catalyst.exits import realized_pnl
+from catalyst.core.domain import BadInput, CatalystError
+from catalyst.core.exits import realized_pnl
 from catalyst.orders import ensure_order
 from catalyst.records import bump, record_activity, record_decision
 from catalyst.runtime import Runtime

@@ -29,7 +29,7 @@ from catalyst import leases, orders
 from catalyst.brokers.base import FINAL_ORDER_STATUSES, BrokerError, BrokerOrderReport
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position, ScheduleEntry, TradingCycle
-from catalyst.domain import CatalystError
+from catalyst.core.domain import CatalystError
 from catalyst.records import record_activity, security_id
 from catalyst.runtime import Runtime
 

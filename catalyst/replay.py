@@ -21,7 +21,7 @@ from sqlalchemy import select
 from catalyst.clock import ManualClock
 from catalyst.db.engine import dispose_all, session_scope, upgrade
 from catalyst.db.models import Decision, PaperPosition, Position, Security
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.positions import RECENT_VOLUME_BARS, recent_volume
 
 EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")

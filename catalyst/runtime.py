@@ -17,10 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from catalyst.clock import Clock, SimClock, WallClock, parse_clock_spec
 from catalyst.db.engine import session_scope
 from catalyst.db.models import TradingState
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.marketdata.base import MarketData
-from catalyst.profiles import MarketProfile, profile_for
-from catalyst.sessions import SessionCalendar
+from catalyst.core.profiles import MarketProfile, profile_for
+from catalyst.core.sessions import SessionCalendar
 from catalyst.settings import Settings, get_settings
 
 CLOCK_KEY = "sim_clock:"

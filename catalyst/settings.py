@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 
 PAPER_ALPACA_URL = "https://paper-api.alpaca.markets"
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from catalyst import client_ids
 from catalyst.db.models import Decision, Position
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 
 MAX_ROW_ID = 2**31 - 1  # PostgreSQL integer, the type of every id column
 # Shares. The floor sits well above the exit path's "nothing left to sell" tolerance (1e-9): a smaller entry

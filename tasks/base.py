@@ -9,7 +9,7 @@ from celery import Task
 
 from catalyst import task_args
 from catalyst.db.engine import session_scope
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.positions import ExitRefused
 from catalyst.records import bump
 

@@ -34,7 +34,7 @@ from catalyst.db.models import (
     ServiceHealth,
     TradingCycle,
 )
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from tests.support import CATALYST_VARS, environment, query, write_replay_csv
 
 EST = timezone(timedelta(hours=-5))

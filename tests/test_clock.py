@@ -9,7 +9,7 @@ import pytest
 
 import catalyst.clock as clock_mod
 from catalyst.clock import MAX_SPEED, SimClock, SimSpec, WallClock, parse_clock_spec
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Decision, Order, PaperOrder, PaperPosition, Position, ScanResult, Security
 from catalyst.db.models import TradingCycle
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.entries import open_position
 from catalyst.positions import execute_exit
 from catalyst.runtime import get_runtime

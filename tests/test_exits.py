@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalyst.domain import BadInput, Quote, Strength
-from catalyst.exits import (
+from catalyst.core.domain import BadInput, Quote, Strength
+from catalyst.core.exits import (
     EXIT_REASONS,
     ExitAssessment,
     ExitSignal,
@@ -29,8 +29,8 @@ from catalyst.exits import (
     quote_problem,
     realized_pnl,
 )
-from catalyst.exits import assess_exit as _assess_exit
-from catalyst.profiles import PROFILES
+from catalyst.core.exits import assess_exit as _assess_exit
+from catalyst.core.profiles import PROFILES
 
 # These tests isolate the Phase-2 price rules (fixed stop, fixed target, max hold): the P&L tiers,
 # trailing stop and indicator signals are switched off here and covered in test_signals.py.

@@ -1,4 +1,4 @@
-"""catalyst.indicators against independent plain-numpy implementations on real price series.
+"""catalyst.core.indicators against independent plain-numpy implementations on real price series.
 
 The reference implementations below are loops written from the definitions pandas-ta 0.4.71b0
 uses (read from pandas_ta/momentum/rsi.py, momentum/macd.py, overlap/ema.py, overlap/rma.py,
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalyst import indicators
-from catalyst.domain import Bar, BadInput
-from catalyst.indicators import Indicators, compute
+from catalyst.core import indicators
+from catalyst.core.domain import Bar, BadInput
+from catalyst.core.indicators import Indicators, compute
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,7 +425,7 @@ def test_fresh_process_import_and_warm_up_are_warning_free(tmp_path):
     env["CATALYST_VAR_DIR"] = str(tmp_path / "var")
     code = (
         "import os\n"
-        "from catalyst import indicators\n"
+        "from catalyst.core import indicators\n"
         "indicators.warm_up(); indicators.warm_up()\n"
         "print(os.environ['NUMBA_CACHE_DIR'])\n"
     )

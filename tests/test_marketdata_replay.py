@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from catalyst.domain import BadInput, UnknownSymbol
+from catalyst.core.domain import BadInput, UnknownSymbol
 from catalyst.marketdata.replay import ReplayMarketData
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from catalyst.domain import BadInput, UnknownSymbol
+from catalyst.core.domain import BadInput, UnknownSymbol
 from catalyst.marketdata.synthetic import SyntheticMarketData
 
 NY = ZoneInfo("America/New_York")

@@ -31,7 +31,7 @@ from catalyst.db.models import (
     PositionMonitorStatus,
     Security,
 )
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.monitor import check_position
 from catalyst.entries import open_position
 from catalyst.positions import UnknownPosition, execute_exit, exit_client_order_id, request_exit

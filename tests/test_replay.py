@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.replay import run_replay
-from catalyst.sessions import SessionCalendar
+from catalyst.core.sessions import SessionCalendar
 from tests.support import SHARED_DATA
 
 INTRADAY = sorted(SHARED_DATA.glob("*-1min.csv")) if SHARED_DATA.exists() else []

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalyst.scanner import (
+from catalyst.core.scanner import (
     Candidate,
     EntryRules,
     Snapshot,

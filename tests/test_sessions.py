@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from catalyst.domain import BadInput
-from catalyst.sessions import SessionCalendar
+from catalyst.core.domain import BadInput
+from catalyst.core.sessions import SessionCalendar
 
 NY = ZoneInfo("America/New_York")
 HKT = ZoneInfo("Asia/Hong_Kong")

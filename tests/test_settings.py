@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import AliasChoices
 
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.settings import PAPER_ALPACA_URL, Settings, load_settings
 
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalyst.domain import Quote, Strength
-from catalyst.exits import (
+from catalyst.core.domain import Quote, Strength
+from catalyst.core.exits import (
     HeldPosition,
     MarketFacts,
     assess_exit,
@@ -20,8 +20,8 @@ from catalyst.exits import (
     session_signals,
     trailing_signal,
 )
-from catalyst.profiles import PROFILES, profile_for
-from catalyst.sessions import SessionCalendar
+from catalyst.core.profiles import PROFILES, profile_for
+from catalyst.core.sessions import SessionCalendar
 
 US, HK = PROFILES["US"], PROFILES["HK"]
 EPS = 0.01

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalyst import client_ids, task_args
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.entries import entry_client_order_id
 from catalyst.positions import exit_client_order_id
 from catalyst.protection import standalone_stop_client_order_id

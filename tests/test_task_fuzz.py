@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Base, ScanResult, Security, ServiceHealth, TradingCycle
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 from catalyst.entries import open_position
 from catalyst.runtime import get_runtime
 from tests.support import environment, query, wait_for, write_replay_csv

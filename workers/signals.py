@@ -9,7 +9,7 @@ from celery import signals
 from sqlalchemy.exc import OperationalError
 
 from catalyst.db.engine import NotMigrated, dispose_all, ensure_migrated
-from catalyst.domain import CatalystError
+from catalyst.core.domain import CatalystError
 from catalyst.logs import configure_logging
 from catalyst.settings import get_settings
 from workers.heartbeat import HeartbeatThread, beat_heart
@@ -56,7 +56,7 @@ def _on_worker_init(sender=None, **_):
 
 @signals.worker_init.connect
 def _warm_indicators(sender=None, **_):
-    from catalyst.indicators import warm_up
+    from catalyst.core.indicators import warm_up
 
     warm_up()  # pandas-ta import and any numba compilation happen once, before the first check
 

@@ -23,7 +23,7 @@ import requests
 import structlog
 
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, BrokerPositionReport, OrderOutcomeUnknown, OrderRequest
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 
 log = structlog.get_logger("catalyst.alpaca")
 PAPER_HOST = "paper-api.alpaca.markets"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from catalyst.domain import CatalystError
+from catalyst.core.domain import CatalystError
 
 FINAL_ORDER_STATUSES = frozenset({"filled", "canceled", "rejected", "expired", "replaced", "done_for_day"})
 

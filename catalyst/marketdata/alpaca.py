@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from catalyst.domain import Bar, Quote, require_aware
-from catalyst.sessions import Session, SessionCalendar
+from catalyst.core.domain import Bar, Quote, require_aware
+from catalyst.core.sessions import Session, SessionCalendar
 
 log = structlog.get_logger("catalyst.alpaca_data")
 BATCH = 100

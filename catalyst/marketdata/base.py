@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from catalyst.domain import Bar, Quote
+from catalyst.core.domain import Bar, Quote
 
 
 class MarketData(Protocol):

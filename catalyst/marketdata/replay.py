@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from os import PathLike
 from pathlib import Path
 
-from catalyst.domain import Bar, BadInput, Quote, UnknownSymbol, require_aware, require_price
+from catalyst.core.domain import Bar, BadInput, Quote, UnknownSymbol, require_aware, require_price
 
 HEADER = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
 DEFAULT_DURATION = 60.0

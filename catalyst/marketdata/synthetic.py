@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from catalyst.domain import Bar, BadInput, Quote, UnknownSymbol, require_aware
+from catalyst.core.domain import Bar, BadInput, Quote, UnknownSymbol, require_aware
 
 SESSION_OPEN = time(9, 30)
 SESSION_MINUTES = 390  # 09:30 .. 15:59 bar starts

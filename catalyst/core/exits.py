@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from catalyst.domain import Quote, Strength, require_aware
-from catalyst.profiles import PROFILES, MarketProfile
+from catalyst.core.domain import Quote, Strength, require_aware
+from catalyst.core.profiles import PROFILES, MarketProfile
 
 # Canonical exit reasons (DESIGN.md §2), in tie-break order for equal strengths.
 EXIT_REASONS = (

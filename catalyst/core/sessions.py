@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from catalyst.domain import BadInput, require_aware
+from catalyst.core.domain import BadInput, require_aware
 
 MARKETS = {"US": ("XNYS", "America/New_York"), "HK": ("XHKG", "Asia/Hong_Kong")}
 CALENDAR_START = "2000-01-01"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from catalyst.domain import BadInput
+from catalyst.core.domain import BadInput
 
 
 @dataclass(frozen=True)
