@@ -104,6 +104,21 @@ class Settings(BaseSettings):
     max_quote_age: float = Field(default=300.0, gt=0, validation_alias="CATALYST_MAX_QUOTE_AGE")
     closed_dates: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="CATALYST_CLOSED_DATES")
 
+    # Pre-trade risk limits and sizing (seed 003's risk_limits), checked for every entry under the entry gate.
+    auto_entries: bool = Field(default=True, validation_alias="CATALYST_AUTO_ENTRIES")  # the scanner plans entries
+    max_daily_loss_usd: float = Field(default=2000.0, gt=0, validation_alias="CATALYST_MAX_DAILY_LOSS_USD")
+    daily_loss_warning_pct: float = Field(default=0.75, gt=0, lt=1, validation_alias="CATALYST_DAILY_LOSS_WARNING_PCT")
+    max_position_value_usd: float = Field(default=5000.0, gt=0, validation_alias="CATALYST_MAX_POSITION_VALUE_USD")
+    min_position_value_usd: float = Field(default=0.0, ge=0, validation_alias="CATALYST_MIN_POSITION_VALUE_USD")
+    max_sector_exposure_usd: float | None = Field(default=None, gt=0, validation_alias="CATALYST_MAX_SECTOR_EXPOSURE_USD")
+    min_reward_risk: float = Field(default=1.5, ge=0, validation_alias="CATALYST_MIN_REWARD_RISK")
+    sectors: dict[str, str] = Field(default_factory=dict, validation_alias="CATALYST_SECTORS")  # symbol -> sector
+    sizing: Literal["fixed", "equity_pct", "atr_risk"] = Field(default="fixed", validation_alias="CATALYST_SIZING")
+    equity_pct: float = Field(default=0.02, gt=0, le=1, validation_alias="CATALYST_EQUITY_PCT")  # sizing=equity_pct
+    risk_per_trade_usd: float = Field(default=100.0, gt=0, validation_alias="CATALYST_RISK_PER_TRADE_USD")  # atr_risk
+    atr_stop_multiple: float | None = Field(default=None, gt=0, validation_alias="CATALYST_ATR_STOP_MULTIPLE")
+    atr_target_multiple: float | None = Field(default=None, gt=0, validation_alias="CATALYST_ATR_TARGET_MULTIPLE")
+
     # Process plumbing.
     heartbeat_interval: float = Field(default=10.0, gt=0, validation_alias="CATALYST_HEARTBEAT_INTERVAL")
     beat_lease_seconds: float = Field(default=20.0, gt=0, validation_alias="CATALYST_BEAT_LEASE_SECONDS")
