@@ -19,7 +19,10 @@ if _settings.embedded_broker:
     broker_transport_options = {}
 else:
     # Above any countdown we use; the monitor redrives exits anyway, so redelivery is a backstop.
-    broker_transport_options = {"visibility_timeout": 600}
+    # Timeouts so that a Redis that silently drops packets is noticed (and reconnected to) instead of hanging a
+    # worker's read or beat's send forever; the read timeout stays well above kombu's 1 s BRPOP.
+    broker_transport_options = {"visibility_timeout": 600, "socket_connect_timeout": 5, "socket_timeout": 30,
+                                "socket_keepalive": True, "health_check_interval": 10}
     if broker_url.startswith("redis://"):  # not rediss://: kombu turns TLS on by that transport name only
         broker_transport = "workers.transport:Transport"  # kombu's Redis, dropping unreadable queue entries
 broker_connection_retry_on_startup = True

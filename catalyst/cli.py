@@ -201,8 +201,22 @@ def open_cmd(symbol: str, qty: float, stop: float | None, target: float | None, 
                          f"{data['entry_price']:.2f} (stop {data['stop_loss_price']}, target {data['take_profit_price']})")
 
 
+class _RowId(click.ParamType):
+    """A row id as the tasks take it (ASCII digits within PostgreSQL's integer), refused by click otherwise."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        from catalyst import task_args
+
+        try:
+            return task_args.row_id(value, param.human_readable_name if param else "id")
+        except CatalystError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @main.command("close")
-@click.argument("position_id", type=int)
+@click.argument("position_id", type=_RowId())
 @click.option("--json", "as_json", is_flag=True)
 def close_cmd(position_id: int, as_json: bool) -> None:
     """Close a position now (exit reason: manual), exactly once."""

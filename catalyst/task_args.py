@@ -129,7 +129,7 @@ def slot(value, name: str = "slot") -> datetime | None:
     return parsed
 
 
-def entry_client_order_id(value, *, symbol: str, cycle_id: int | None, task_id: str | None) -> str:
+def entry_order_id_of(value, *, symbol: str, cycle_id: int | None, task_id: str | None) -> str:
     """The entry's client order id: the one its own path derives, never one another path owns.
 
     A cycle's entry is ``entry-c<cycle>-<SYMBOL>`` (derived when absent); a manual entry is

@@ -7,7 +7,6 @@ import inspect
 import structlog
 from celery import Task
 
-from catalyst import task_args
 from catalyst.db.engine import session_scope
 from catalyst.core.domain import BadInput
 from catalyst.positions import ExitRefused
@@ -40,7 +39,3 @@ class CatalystTask(Task):
         except Exception:  # counting must never mask the original failure
             log.warning("error_count_failed", task=self.name)
 
-
-def positive_int(value, what: str) -> int:
-    """A row id from a message (see :func:`catalyst.task_args.row_id`: ASCII digits, PostgreSQL's range)."""
-    return task_args.row_id(value, what)

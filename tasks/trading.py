@@ -46,7 +46,7 @@ def enter_position(self, symbol: str, qty: float, stop: float | None = None, tar
     stop, target = task_args.optional_price(stop, "stop"), task_args.optional_price(target, "target")
     cycle_id = task_args.optional_row_id(cycle_id, "cycle_id")
     reason = task_args.reason(reason)
-    client_order_id = task_args.entry_client_order_id(client_order_id, symbol=symbol, cycle_id=cycle_id,
+    client_order_id = task_args.entry_order_id_of(client_order_id, symbol=symbol, cycle_id=cycle_id,
                                                       task_id=self.request.id)
     position = open_position(get_runtime(), symbol=symbol, qty=qty, stop=stop, target=target,
                              client_order_id=client_order_id, cycle_id=cycle_id, reason=reason,

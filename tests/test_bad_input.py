@@ -112,6 +112,13 @@ def test_open_of_an_unknown_symbol_says_unknown_symbol_and_writes_nothing(embedd
 
 def test_close_of_an_unknown_position_says_unknown_position_and_writes_nothing(embedded):
     assert_refused(cli("close", "999"), "unknown position id 999")
+
+
+@pytest.mark.parametrize("position_id", ["99999999999", "６", "٧", "0", "1e3"])
+def test_close_of_an_id_that_is_not_plainly_a_row_id_is_refused_by_the_cli_and_writes_nothing(embedded, position_id):
+    before = counts()
+    assert_refused(cli("close", position_id), "must be a positive integer (1..2147483647)")
+    assert counts() == before
     assert set(counts().values()) == {0}
 
 
@@ -262,6 +269,24 @@ def test_a_worker_on_an_unmigrated_database_exits_and_says_to_run_db_upgrade(tmp
     assert proc.returncode != 0, out
     assert "catalyst db upgrade" in out, out
     assert "not migrated" in out, out
+    assert "Traceback" not in out, out
+
+
+def test_a_worker_pointed_at_a_database_that_does_not_exist_exits_with_one_line_instead_of_waiting(tmp_path, pg_url):
+    env = {k: v for k, v in os.environ.items() if k not in CATALYST_VARS}
+    env.update(CATALYST_VAR_DIR=str(tmp_path / "var"), DATABASE_URL=pg_url.rsplit("/", 1)[0] + "/no_such_database")
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "catalyst", "worker", "--loglevel=INFO"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"worker was still waiting after 60 s for a database that does not exist:\n{out[-3000:]}")
+    assert proc.returncode != 0, out
+    assert 'database "no_such_database" does not exist' in out, out
+    assert "database_unreachable" not in out, out
     assert "Traceback" not in out, out
 
 

@@ -9,6 +9,7 @@ boundary (``app.send_task`` raises the way kombu does when Redis blips); a Postg
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
@@ -16,10 +17,11 @@ import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from structlog.testing import capture_logs
 
 from catalyst.clock import ManualClock
-from catalyst.db.models import Lease, ScheduleEntry
+from catalyst.db.models import Lease, ScheduleEntry, ServiceHealth
 from catalyst.runtime import build_runtime, use_runtime
 from catalyst.settings import get_settings
 from tests.support import PG_ADMIN, environment, query, queued_messages, seed_position
@@ -289,3 +291,84 @@ def test_beat_stops_trying_each_entry_while_redis_is_away_and_sends_every_slot_o
         beat.close()
     sent = sent_slots(redis_url, "scan") + sent_slots(redis_url, "monitor")
     assert sent == {(n, at(10, 15).isoformat()): 1 for n in names}
+
+
+def test_a_bug_in_a_tick_is_logged_with_its_traceback_and_beat_carries_on(clock, app, redis_url, monkeypatch):
+    beat = CatalystScheduler(app=app)
+    real_sync = beat._sync_entries
+    try:
+        beat.tick()
+        monkeypatch.setattr(beat, "_sync_entries", lambda now: 1 / 0)  # a bug, not an outage
+        clock.set(at(10, 30))
+        with capture_logs() as events:
+            sleeps = [beat.tick() for _ in range(3)]
+        assert all(0 < s <= 1 for s in sleeps)
+        (failed,) = [e for e in events if e["event"] == "beat_tick_failed"]  # once, not once per tick
+        assert "ZeroDivisionError" in failed["error"] and failed["exc_info"]
+        assert query(lambda s: s.get(ServiceHealth, beat.service)).status == "failing"
+        monkeypatch.setattr(beat, "_sync_entries", real_sync)
+        with capture_logs() as events:
+            beat.tick()
+        assert "beat_recovered" in [e["event"] for e in events]
+        assert query(lambda s: s.get(ServiceHealth, beat.service)).status == "active"
+    finally:
+        beat.close()
+    assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1,
+                                             ("scan-market", at(10, 30).isoformat()): 1}
+
+
+def test_an_entry_whose_send_always_fails_never_holds_back_the_others_after_a_redis_outage(clock, app, redis_url):
+    ids = [seed_position(s, 50.0, at(9, 0) - timedelta(days=1)) for s in ("AAA", "BBB")]
+    clock.set(at(9, 30))  # the open: the watchdog (always sent first), the scan and every check are due
+    beat = CatalystScheduler(app=app)
+    real = app.send_task
+    redis_down = [True]
+
+    def send(name, *args, **kwargs):
+        if redis_down[0]:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        if kwargs["headers"]["catalyst_entry"] == "reconcile":
+            raise TypeError("Object of type Decimal is not JSON serializable")  # a bug in one entry, not an outage
+        return real(name, *args, **kwargs)
+
+    app.send_task = send
+    try:
+        beat.tick()  # Redis is away
+        redis_down[0] = False
+        with capture_logs() as events:
+            beat.tick()
+            beat.tick()
+    finally:
+        beat.close()
+    assert "beat_recovered" in [e["event"] for e in events]
+    assert sent_slots(redis_url, "monitor") == {(f"monitor-position-{i}", at(9, 30).isoformat()): 1 for i in ids}
+    assert sent_slots(redis_url, "scan") == {("scan-market", at(9, 30).isoformat()): 1}
+    assert entry("reconcile").last_slot_at is None, "the failed slot was handed back, not lost"
+
+
+def test_a_claim_whose_commit_reply_was_lost_is_sent_on_the_next_tick(clock, app, redis_url, monkeypatch):
+    import workers.scheduler as scheduler
+
+    real_scope = scheduler.session_scope
+    calls = []
+
+    @contextmanager
+    def second_commit_reply_lost(*args, **kwargs):  # the 1st session syncs the entries, the 2nd claims scan-market
+        calls.append(1)
+        with real_scope(*args, **kwargs) as s:
+            yield s
+        if len(calls) == 2:  # the UPDATE committed; the client never heard back
+            raise SQLAlchemyOperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    beat = CatalystScheduler(app=app)
+    try:
+        monkeypatch.setattr(scheduler, "session_scope", second_commit_reply_lost)
+        beat.tick()
+        monkeypatch.setattr(scheduler, "session_scope", real_scope)
+        assert entry("scan-market").last_slot_at == at(10, 15), "claimed in the database"
+        assert sent_slots(redis_url, "scan") == {}, "... but never sent"
+        beat.tick()
+        beat.tick()
+    finally:
+        beat.close()
+    assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}

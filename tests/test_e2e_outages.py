@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 SPEED = 2
 INTERVAL = 10  # market seconds between checks of one position (5 wall seconds)
 START = SESSION_OPEN + timedelta(minutes=30)  # 10:00 market time
-DROP_AT = START + timedelta(minutes=2)  # DROP trades at 90 from here: below its 95 stop
+DROP_AT = START + timedelta(minutes=3)  # DROP trades at 90 from here: below its 95 stop (90 wall s of set-up room)
 FLAT = ("FLAT", "FLAU")
 
 

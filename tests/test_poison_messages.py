@@ -64,6 +64,12 @@ def poison(queue: str) -> list[tuple[str, str | None, str]]:
     entries = [(kind, task_id, raw) for kind, (task_id, raw) in shapes]
     entries.append(("unreadable_envelope", None, "not json {"))
     entries.append(("unreadable_envelope", None, json.dumps({"body": "", "headers": [1], "properties": {}})))
+    # kombu's JSON reader turns tagged objects into Python ones and raises TypeError/AttributeError on bad ones,
+    # and a deep enough nesting raises RecursionError: none of these may end the worker either.
+    entries.append(("unreadable_envelope", None, json.dumps({"__type__": "uuid", "__value__": "x"})))
+    entries.append(("unreadable_envelope", None, json.dumps({"body": "", "properties": {},
+                                                              "headers": {"__type__": "uuid", "__value__": 5}})))
+    entries.append(("unreadable_envelope", None, "[" * 100_000 + "]" * 100_000))
     return entries
 
 

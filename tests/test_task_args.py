@@ -175,14 +175,14 @@ ENTRY_OK = [(None, "AAA", None), ("entry-c7-AAA", "AAA", 7), ("manual-" + "0" * 
 
 @pytest.mark.parametrize("value,symbol,cycle_id", ENTRY_OK)
 def test_an_entry_may_use_the_id_its_own_path_derives(value, symbol, cycle_id):
-    cid = task_args.entry_client_order_id(value, symbol=symbol, cycle_id=cycle_id, task_id=str(uuid.uuid4()))
+    cid = task_args.entry_order_id_of(value, symbol=symbol, cycle_id=cycle_id, task_id=str(uuid.uuid4()))
     assert client_ids.owners(cid) == ["entry" if cycle_id else "manual"]
 
 
 def test_an_absent_id_is_derived_from_the_cycle_or_the_task():
     task_id = str(uuid.uuid4())
-    assert task_args.entry_client_order_id(None, symbol="AAA", cycle_id=7, task_id=task_id) == "entry-c7-AAA"
-    assert task_args.entry_client_order_id(None, symbol="AAA", cycle_id=None, task_id=task_id) == \
+    assert task_args.entry_order_id_of(None, symbol="AAA", cycle_id=7, task_id=task_id) == "entry-c7-AAA"
+    assert task_args.entry_order_id_of(None, symbol="AAA", cycle_id=None, task_id=task_id) == \
         client_ids.manual_for_task(task_id)
 
 
@@ -194,7 +194,7 @@ def test_an_absent_id_is_derived_from_the_cycle_or_the_task():
 ])
 def test_any_other_id_is_refused_and_the_path_that_owns_it_is_named(value, cycle_id, owner):
     with pytest.raises(BadInput) as raised:
-        task_args.entry_client_order_id(value, symbol="AAA", cycle_id=cycle_id, task_id=str(uuid.uuid4()))
+        task_args.entry_order_id_of(value, symbol="AAA", cycle_id=cycle_id, task_id=str(uuid.uuid4()))
     assert "client_order_id" in str(raised.value)
     if owner not in (None, "manual"):
         assert f"the {owner} path" in str(raised.value)

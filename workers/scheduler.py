@@ -25,7 +25,10 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from celery.beat import Scheduler
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import DisconnectionError, InterfaceError
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
 import beat_schedule
 from catalyst import leases
@@ -41,6 +44,12 @@ MIN_SLEEP = 0.02
 OUTAGE_RETRY = 0.5  # seconds between ticks while Redis or PostgreSQL is away: resume promptly on return
 BROKER_DOWN_AFTER = 2  # consecutive failed sends in one tick: the broker is away, leave the rest due
 OUTAGE_LOG_EVERY = 30.0  # seconds between "still away" lines during a long outage
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Redis or PostgreSQL is away (refused, reset, timed out), as opposed to a bug or a bad row."""
+    return isinstance(exc, (KombuOperationalError, SQLAlchemyOperationalError, InterfaceError, DisconnectionError,
+                            ConnectionError, TimeoutError, OSError))
 
 
 class BrokerUnreachable(Exception):
@@ -89,9 +98,11 @@ class CatalystScheduler(Scheduler):
             sleep, sent = self._tick()
         except BrokerUnreachable as exc:
             return self._in_outage(exc.__cause__ or exc, "redis")
-        except Exception as exc:  # noqa: BLE001 - PostgreSQL is away (or Redis, under it): wait, never exit
-            return self._in_outage(exc, "database")
-        if self._outage_kind == "database" or sent:  # a Redis outage is over once something was sent
+        except Exception as exc:  # noqa: BLE001 - whatever it is, beat must not exit: log it and try again
+            if not is_connection_error(exc):  # a bug or a bad row, not an outage: say so loudly, with a traceback
+                self._heartbeat("failing")
+            return self._in_outage(exc, "database" if is_connection_error(exc) else "error")
+        if self._outage_kind != "redis" or sent:  # a Redis outage is over once something was sent
             self._outage_over()
         return sleep
 
@@ -116,7 +127,7 @@ class CatalystScheduler(Scheduler):
                 continue
             try:
                 sent = self._fire(row, now)
-            except Exception as exc:  # noqa: BLE001 - an unwritten claim claimed nothing: next tick retries
+            except Exception as exc:  # noqa: BLE001 - the claim is released (if written) and sent next tick
                 log.warning("schedule_slot_claim_failed", entry=row.name, error=f"{type(exc).__name__}: {exc}")
                 continue
             if sent is False:
@@ -131,9 +142,13 @@ class CatalystScheduler(Scheduler):
         """Log the outage once (and then every ``OUTAGE_LOG_EVERY`` s) and come back soon."""
         now = time.monotonic()
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-        if self._outage_since is None:
-            self._outage_since = self._outage_logged = now
-            log.error("beat_outage", holder=self.holder, server=kind, error=error)
+        if self._outage_since is None or kind != self._outage_kind:
+            self._outage_since = self._outage_since or now
+            self._outage_logged = now
+            if kind == "error":
+                log.error("beat_tick_failed", holder=self.holder, error=error, exc_info=exc)
+            else:
+                log.error("beat_outage", holder=self.holder, server=kind, error=error)
         elif now - self._outage_logged >= OUTAGE_LOG_EVERY:
             self._outage_logged = now
             log.warning("beat_outage_continues", holder=self.holder, server=kind,
@@ -148,6 +163,7 @@ class CatalystScheduler(Scheduler):
             self._outage_since = self._outage_kind = None
 
     def close(self) -> None:
+        self._retry_releases()  # hand back what an earlier tick could not, or the next leader skips it
         if self.token is not None:
             try:
                 leases.release(LEASE, self.holder)
@@ -197,20 +213,27 @@ class CatalystScheduler(Scheduler):
         following = cal.next_slot(max(now, slot) if slot else now, interval)
         row.next_run_at = following  # what the sleep below plans with (the next tick re-reads the table)
         fence = leases.fence_clause(LEASE, self.holder, self.token)
-        with session_scope() as s:
-            if slot is None:
+        if slot is None:
+            with session_scope() as s:
                 s.execute(update(ScheduleEntry).where(ScheduleEntry.name == row.name).values(next_run_at=following))
-                return None
-            claimed = s.execute(
-                update(ScheduleEntry)
-                .where(ScheduleEntry.name == row.name,
-                       or_(ScheduleEntry.last_slot_at.is_(None), ScheduleEntry.last_slot_at < slot), fence)
-                .values(last_slot_at=slot, next_run_at=following, last_sent_at=datetime.now(UTC),
-                        total_sent=ScheduleEntry.total_sent + 1, updated_at=datetime.now(UTC))
-            ).rowcount == 1
-        if not claimed:
             return None
         claim = Claim(row.name, slot, row.last_slot_at, row.last_sent_at)
+        try:
+            with session_scope() as s:
+                claimed = s.execute(
+                    update(ScheduleEntry)
+                    .where(ScheduleEntry.name == row.name,
+                           or_(ScheduleEntry.last_slot_at.is_(None), ScheduleEntry.last_slot_at < slot), fence)
+                    .values(last_slot_at=slot, next_run_at=following, last_sent_at=datetime.now(UTC),
+                            total_sent=ScheduleEntry.total_sent + 1, updated_at=datetime.now(UTC))
+                ).rowcount == 1
+        except Exception:
+            # The COMMIT may have happened with its reply lost: a claimed slot nobody sends. Releasing it is
+            # conditional on the claim being there, so queueing the release is right either way.
+            self._unreleased[claim.entry] = claim
+            raise
+        if not claimed:
+            return None
         try:
             self._send(row, slot)
         except Exception as exc:  # noqa: BLE001 - whatever the broker raised, the slot must not be lost
@@ -218,7 +241,7 @@ class CatalystScheduler(Scheduler):
                         fence=self.token, error=f"{type(exc).__name__}: {exc}")
             self._last_send_error = exc
             self._release(claim)
-            return False
+            return False if is_connection_error(exc) else None  # only a connection error says Redis is away
         log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), fence=self.token)
         return True
 

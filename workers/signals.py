@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import structlog
@@ -19,14 +20,25 @@ _heartbeat: HeartbeatThread | None = None
 
 
 STARTUP_RETRY_MAX = 5.0  # seconds between start-up attempts while the database does not answer
+# A server that answered and said no (bad password, not allowed, no such role or database) is not an outage.
+# psycopg reports a refused connection without a SQLSTATE, so the server's FATAL message is read too; a server
+# starting up or shutting down ("the database system is starting up") is an outage and is waited for.
+REFUSED_SQLSTATES = frozenset({"28P01", "28000", "3D000"})
+REFUSED_MESSAGE = re.compile(r'FATAL:\s+(database "[^"]*" does not exist|role "[^"]*" does not exist'
+                             r'|password authentication failed|no pg_hba\.conf entry)')
+
+
+def refused(exc: OperationalError) -> bool:
+    return (getattr(exc.orig, "sqlstate", None) in REFUSED_SQLSTATES
+            or REFUSED_MESSAGE.search(str(exc.orig or exc)) is not None)
 
 
 def check_startup(service: str) -> None:
     """Exit the process with one clear line if configuration or schema is not usable.
 
     A database that does not answer is waited for (an outage of any length must not leave the
-    host without a beat or a worker once it ends); a database that answers but is not migrated,
-    or a bad setting, ends the process at once.
+    host without a beat or a worker once it ends); one that answers but refuses us (credentials,
+    no such database) or is not migrated, or a bad setting, ends the process at once.
     """
     delay = 0.5
     while True:
@@ -42,8 +54,11 @@ def check_startup(service: str) -> None:
             log.error("startup_refused", service=service, error=str(exc))
             raise SystemExit(f"catalyst {service}: {exc}") from None
         except OperationalError as exc:
-            log.error("database_unreachable", service=service, retry_in=delay,
-                      error=str(exc.orig or exc).splitlines()[0][:300])
+            error = str(exc.orig or exc).splitlines()[0][:300]
+            if refused(exc):  # the server answered no: waiting will not change the answer
+                log.error("startup_refused", service=service, error=error)
+                raise SystemExit(f"catalyst {service}: database refused the connection: {error}") from None
+            log.error("database_unreachable", service=service, retry_in=delay, error=error)
             dispose_all()
             time.sleep(delay)
             delay = min(STARTUP_RETRY_MAX, delay * 2)

@@ -1,7 +1,9 @@
 """kombu's Redis transport, dropping a queue entry it cannot read instead of ending the worker.
 
 A Redis list entry is a JSON envelope (``body``, ``headers``, ``properties``) around the task
-message. kombu parses it in ``Channel._brpop_read`` and builds the message in
+message. kombu parses it in ``Channel._brpop_read`` (its JSON reader can raise ``ValueError``,
+``TypeError``, ``AttributeError`` for tagged objects such as ``{"__type__": "uuid"}``, or
+``RecursionError`` for deep nesting) and builds the message in
 ``Transport._deliver``; an entry that is not JSON, not an object, or lacks the properties kombu
 needs raises there, outside Celery's message handlers, and the worker stops with
 ``Unrecoverable error`` (or loops reconnecting, for a ``KeyError``); so does one whose
@@ -21,9 +23,9 @@ class Channel(redis.Channel):
         self.connection.handed_over = False
         try:
             return super()._brpop_read(**options)
-        except ValueError as exc:  # JSONDecodeError / UnicodeDecodeError, before any delivery began
-            if self.connection.handed_over:
-                raise
+        except Exception as exc:  # noqa: BLE001 - JSON, tagged-object or recursion errors, before any delivery began
+            if self.connection.handed_over or isinstance(exc, self.connection.connection_errors):
+                raise  # a delivery's own failure, or Redis itself: Celery's to handle
             record_rejection("unreadable_envelope", f"{type(exc).__name__}: {exc}", None, facts(None, None, None))
             return True
 

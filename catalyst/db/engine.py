@@ -44,10 +44,12 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    # A server that silently drops packets must fail a connect in seconds, not hang a worker or beat
-    # for the operating system's TCP timeout (minutes): the caller logs it and tries again.
+    # A server that silently drops packets must not hang a worker or beat for the operating system's TCP
+    # timeouts (minutes to hours): a connect gives up after CONNECT_TIMEOUT, an idle connection is probed by
+    # keepalives (dead after ~25 s), and a request the server never acknowledges fails after 30 s.
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                         connect_args={"connect_timeout": CONNECT_TIMEOUT})
+                         connect_args={"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 10,
+                                       "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000})
 
 
 def get_engine(url: str | None = None) -> Engine:
