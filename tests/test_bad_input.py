@@ -254,37 +254,35 @@ def test_a_rejected_task_is_logged_to_agent_logs_for_the_operator(tasks_env):
 
 # -- worker start-up -------------------------------------------------------------------------------------
 
-def test_a_worker_on_an_unmigrated_database_exits_and_says_to_run_db_upgrade(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in CATALYST_VARS}
-    env["CATALYST_VAR_DIR"] = str(tmp_path / "unmigrated")
+def worker_that_must_exit(env: dict[str, str], situation: str) -> tuple[int, str]:
+    """Start a real worker with only ``env``'s Catalyst settings; it must exit by itself within 60 s."""
+    full = {k: v for k, v in os.environ.items() if k not in CATALYST_VARS} | env
     proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "catalyst", "worker", "--loglevel=INFO"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full,
                             cwd=Path(__file__).resolve().parents[1], start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        pytest.fail(f"worker was still running after 60 s on an unmigrated database:\n{out[-3000:]}")
-    assert proc.returncode != 0, out
+        pytest.fail(f"worker was still running after 60 s {situation}:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def test_a_worker_on_an_unmigrated_database_exits_and_says_to_run_db_upgrade(tmp_path):
+    returncode, out = worker_that_must_exit({"CATALYST_VAR_DIR": str(tmp_path / "unmigrated")},
+                                            "on an unmigrated database")
+    assert returncode != 0, out
     assert "catalyst db upgrade" in out, out
     assert "not migrated" in out, out
     assert "Traceback" not in out, out
 
 
 def test_a_worker_pointed_at_a_database_that_does_not_exist_exits_with_one_line_instead_of_waiting(tmp_path, pg_url):
-    env = {k: v for k, v in os.environ.items() if k not in CATALYST_VARS}
-    env.update(CATALYST_VAR_DIR=str(tmp_path / "var"), DATABASE_URL=pg_url.rsplit("/", 1)[0] + "/no_such_database")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "catalyst", "worker", "--loglevel=INFO"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=Path(__file__).resolve().parents[1], start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"worker was still waiting after 60 s for a database that does not exist:\n{out[-3000:]}")
-    assert proc.returncode != 0, out
+    returncode, out = worker_that_must_exit(
+        {"CATALYST_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": pg_url.rsplit("/", 1)[0] + "/no_such_database"},
+        "waiting for a database that does not exist")
+    assert returncode != 0, out
     assert 'database "no_such_database" does not exist' in out, out
     assert "database_unreachable" not in out, out
     assert "Traceback" not in out, out
