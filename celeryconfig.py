@@ -7,9 +7,13 @@ activity_log row) rather than allowed to crash the worker.
 
 from kombu import Exchange, Queue
 
+from catalyst.core.domain import CatalystError
 from catalyst.settings import get_settings
 
-_settings = get_settings()
+try:
+    _settings = get_settings()
+except CatalystError as exc:  # one clear line, as check_startup says it, instead of Celery's traceback
+    raise SystemExit(f"catalyst: {exc}") from None
 
 QUEUES = ("scan", "evaluate", "monitor", "exit", "maintenance")
 

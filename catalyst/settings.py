@@ -8,52 +8,66 @@ in the middle of a trade.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from datetime import date
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from catalyst.config_file import flatten, load_yaml
 from catalyst.core.domain import BadInput
+from catalyst.core.profiles import profile_for
 
 PAPER_ALPACA_URL = "https://paper-api.alpaca.markets"
+_TICKER = re.compile(r"[A-Z0-9][A-Z0-9.\-]{0,15}")  # catalyst.client_ids.SYMBOL_PATTERN: a ticker, upper-cased
+SECTOR_LENGTH = 64
+
+
+def _flat_names(settings_cls) -> dict[str, str]:
+    """Every flat YAML spelling (field and environment name, lower-cased) → field name."""
+    names = {}
+    for name, info in settings_cls.model_fields.items():
+        names[name.lower()] = names[str(info.validation_alias).lower()] = name
+    return names
+
+
+def read_config_file(settings_cls) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings by field name, the YAML key each came from) from ``CATALYST_CONFIG``, if set."""
+    path = os.environ.get("CATALYST_CONFIG")
+    if not path:
+        return {}, {}
+    values, origins = flatten(load_yaml(path), _flat_names(settings_cls), path)
+    return values, {field: f"{origin} in {path}" for field, origin in origins.items()}
+
+
+def _refuse(message: str) -> PydanticCustomError:
+    """A validation error that reads exactly ``message`` (no "Value error, " prefix)."""
+    return PydanticCustomError("catalyst_config", "{message}", {"message": message})
 
 
 class _YamlSource(PydanticBaseSettingsSource):
-    """Reads the YAML file named by ``CATALYST_CONFIG``; keys are field names (case-insensitive)."""
+    """Reads the YAML file named by ``CATALYST_CONFIG``: flat setting names or the seeds' sections."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("CATALYST_CONFIG")
-        if not path:
-            return {}
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise BadInput(f"CATALYST_CONFIG {path!r} cannot be read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise BadInput(f"CATALYST_CONFIG {path!r} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise BadInput(f"CATALYST_CONFIG {path!r} must hold a mapping of setting: value")
-        aliases = {}
-        for name, info in self.settings_cls.model_fields.items():
-            aliases[name.lower()] = aliases[str(info.validation_alias).lower()] = info.validation_alias
-        unknown = sorted(str(k) for k in data if str(k).lower() not in aliases)
-        if unknown:
-            raise BadInput(f"CATALYST_CONFIG {path!r} has unknown settings: {', '.join(unknown)}")
-        return {aliases[str(k).lower()]: v for k, v in data.items()}
+        values, _ = read_config_file(self.settings_cls)
+        fields = self.settings_cls.model_fields
+        return {str(fields[name].validation_alias): value for name, value in values.items()}
 
 
 class Settings(BaseSettings):
     """Every knob Catalyst reads. Field names double as YAML keys."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    # allow_inf_nan=False: "inf" or "nan" is never a usable limit, interval or price.
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", allow_inf_nan=False)
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL", repr=False)
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL", repr=False)
@@ -92,8 +106,9 @@ class Settings(BaseSettings):
     advisor_output_usd_per_mtok: float = Field(default=5.0, ge=0, validation_alias="CATALYST_ADVISOR_OUTPUT_USD_PER_MTOK")
 
     # Trading rules (Phase-2 position management defaults).
-    stop_loss_pct: float = Field(default=0.05, gt=0, lt=1, validation_alias="CATALYST_STOP_LOSS_PCT")
-    take_profit_pct: float = Field(default=0.15, gt=0, validation_alias="CATALYST_TAKE_PROFIT_PCT")
+    # Fractions of the entry price (0.05 = 5 %), unlike the signal thresholds, which are percent.
+    stop_loss_pct: float = Field(default=0.05, validation_alias="CATALYST_STOP_LOSS_PCT")
+    take_profit_pct: float = Field(default=0.15, validation_alias="CATALYST_TAKE_PROFIT_PCT")
     max_hold_hours: float = Field(default=24.0, gt=0, validation_alias="CATALYST_MAX_HOLD_HOURS")
     scan_interval: float = Field(default=1800.0, gt=0, validation_alias="CATALYST_SCAN_INTERVAL")
     scan_top_n: int = Field(default=5, gt=0, validation_alias="CATALYST_SCAN_TOP_N")
@@ -164,6 +179,85 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's ``true`` would otherwise become a limit of 1."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and {int, float} & {annotation, *getattr(annotation, "__args__", ())}:
+            raise _refuse(f"must be a number, not {str(value).lower()}")
+        return value
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _check_signals(cls, value: Any, info: ValidationInfo) -> Any:
+        """Thresholds range-checked and in order for the configured market's profile, here at start-up."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise _refuse("must be a mapping of threshold: number or null")
+        market = info.data.get("market")
+        if market is None:
+            return value  # the market's own error is reported; the order depends on it
+        try:
+            shown = profile_for(market, value).thresholds()
+        except BadInput as exc:
+            raise _refuse(str(exc)) from None
+        return {name: shown[name] for name in value}
+
+    @field_validator("stop_loss_pct")
+    @classmethod
+    def _check_stop_fraction(cls, value: float) -> float:
+        if value <= 0:
+            raise _refuse(f"must be above 0: the stop sits that fraction below the entry (0.05 = 5 %); {value:g} "
+                          "would put it at or above the entry")
+        if value >= 1:
+            raise _refuse(f"must be below 1, a fraction of the entry price (0.05 = 5 %): {value:g} would put the "
+                          "stop at or below zero")
+        return value
+
+    @field_validator("take_profit_pct")
+    @classmethod
+    def _check_target_fraction(cls, value: float) -> float:
+        if value <= 0:
+            raise _refuse(f"must be above 0: the target sits that fraction above the entry (0.15 = 15 %); {value:g} "
+                          "would put it at or below the entry")
+        if value > 1:
+            raise _refuse(f"must be at most 1, a fraction of the entry price (0.15 = 15 %): {value:g} would put "
+                          f"the target at {1 + value:g}x the entry")
+        return value
+
+    @field_validator("min_position_value_usd")
+    @classmethod
+    def _min_within_max(cls, value: float, info: ValidationInfo) -> float:
+        top = info.data.get("max_position_value_usd")
+        if top is not None and value > top:
+            raise _refuse(f"{value:g} is above max_position_value_usd ({top:g}): no entry could be sized between them")
+        return value
+
+    @field_validator("sectors", mode="before")
+    @classmethod
+    def _check_sectors(cls, value: Any) -> Any:
+        """Symbol → sector name: tickers stored upper-case (as the broker spells them), every sector named."""
+        if not isinstance(value, dict):
+            raise _refuse(f"must be a mapping of SYMBOL: sector name, got {repr(value)[:60]}")
+        problems, clean, written = [], {}, {}
+        for symbol, sector in value.items():
+            # ASCII first: 'ı'.upper() is 'I' and 'ſ'.upper() is 'S'.
+            ticker = symbol.upper() if isinstance(symbol, str) and symbol.isascii() else None
+            if ticker is None or not _TICKER.fullmatch(ticker):
+                problems.append(f"symbol {symbol!r} must be a ticker: up to 16 ASCII letters, digits, '.' or '-'")
+            elif ticker in written:
+                problems.append(f"symbol {symbol!r} is listed twice (also as {written[ticker]!r})")
+            elif not isinstance(sector, str) or not sector.strip() or len(sector.strip()) > SECTOR_LENGTH:
+                problems.append(f"the sector of {symbol} must be a name of 1..{SECTOR_LENGTH} characters, "
+                                f"got {sector!r}")
+            else:
+                clean[ticker], written[ticker] = sector.strip(), symbol
+        if problems:
+            raise _refuse("; ".join(problems))
+        return clean
+
     @property
     def sqlalchemy_url(self) -> str:
         """The database URL with PaaS spellings normalised to the psycopg 3 driver."""
@@ -187,22 +281,41 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings, turning validation failures into one readable ``BadInput``."""
+    """Build settings, turning every failure into one readable line: ``BadInput("bad configuration: ...")``.
+
+    Each problem names the setting and where it came from: its environment variable, or the
+    YAML key the operator wrote (``risk_limits.max_position_size_usd in /etc/catalyst.yaml``).
+    """
     fields = Settings.model_fields
     overrides = {str(fields[k].validation_alias) if k in fields else k: v for k, v in overrides.items()}
     try:
         return Settings(**overrides)
-    except SettingsError as exc:
+    except BadInput as exc:  # the YAML file itself (unreadable, unknown keys, sections)
         raise BadInput(f"bad configuration: {exc}") from None
+    except SettingsError as exc:
+        raise BadInput(f"bad configuration: {' '.join(str(exc).split())}") from None
     except ValidationError as exc:
-        by_alias = {str(info.validation_alias): name for name, info in Settings.model_fields.items()}
-
-        def where(err) -> str:
-            alias = ".".join(str(p) for p in err["loc"]) or "settings"
-            return f"{by_alias[alias]} ({alias})" if alias in by_alias else alias
-
-        problems = "; ".join(f"{where(err)}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(f"{_where(err['loc'], overrides)}: {' '.join(err['msg'].split())}"
+                             for err in exc.errors())
         raise BadInput(f"bad configuration: {problems}") from None
+
+
+def _where(loc: tuple, overrides: dict[str, Any]) -> str:
+    """``setting[.key] (SOURCE)``: the environment name, or the YAML key it was read from."""
+    by_alias = {str(info.validation_alias): name for name, info in Settings.model_fields.items()}
+    if not loc or str(loc[0]) not in by_alias:
+        return ".".join(str(p) for p in loc) or "settings"
+    alias = str(loc[0])
+    name = ".".join([by_alias[alias], *(str(p) for p in loc[1:] if p != "[key]")])
+    from_env = alias in overrides or alias.lower() in {k.lower() for k in os.environ}
+    if not from_env:
+        try:
+            origin = read_config_file(Settings)[1].get(by_alias[alias])
+        except BadInput:
+            origin = None
+        if origin:
+            return f"{name} ({origin})"
+    return f"{name} ({alias})"
 
 
 @lru_cache(maxsize=1)

@@ -193,7 +193,7 @@ def test_closed_dates_unquoted_yaml_dates(config):
 
 BAD_YAML = [
     # (YAML text or None for "CATALYST_CONFIG points at <special path>", fragments expected)
-    ("bogus: 1\nmarket: HK\n", ["has unknown settings: bogus"]),
+    ("bogus: 1\nmarket: HK\n", ["unknown key 'bogus' at the top level"]),
     ("market: [HK\n", ["is not valid YAML"]),
     ("market: HK\n  broker: paper\n", ["is not valid YAML"]),
     ("- market\n- HK\n", ["must hold a mapping of setting: value"]),
@@ -237,7 +237,7 @@ BAD_ENV = [
     ({"CATALYST_BROKER": "robinhood"}, ["CATALYST_BROKER", "'paper' or 'alpaca'"]),
     ({"CATALYST_LIVE_TRADING": "maybe"}, ["CATALYST_LIVE_TRADING", "valid boolean"]),
     ({"CATALYST_AI_DAILY_BUDGET_USD": "-5"}, ["CATALYST_AI_DAILY_BUDGET_USD", "greater than or equal to 0"]),
-    ({"CATALYST_STOP_LOSS_PCT": "1.5"}, ["CATALYST_STOP_LOSS_PCT", "less than 1"]),
+    ({"CATALYST_STOP_LOSS_PCT": "1.5"}, ["CATALYST_STOP_LOSS_PCT", "below 1"]),
     # Two problems are reported together, in one message.
     ({"CATALYST_MARKET": "XX", "MONITOR_CHECK_INTERVAL": "-1"}, ["CATALYST_MARKET", "MONITOR_CHECK_INTERVAL", "; "]),
 ]
@@ -321,3 +321,225 @@ def test_malformed_clock_is_refused_when_settings_load(monkeypatch):
     monkeypatch.setenv("CATALYST_CLOCK", "fast")
     with pytest.raises(BadInput, match="CATALYST_CLOCK"):
         load_settings()
+
+
+# -- seed 003's sectioned YAML ------------------------------------------------------------------
+
+SEED_003 = """
+trading_session:
+  mode: "autonomous"
+  auto_close_at_market_close: true
+  max_hold_time_minutes: 90
+workflow:
+  scan_frequency_minutes: 15
+  execute_top_n: 3
+risk_limits:
+  max_daily_loss_usd: 1500
+  warning_threshold_pct: 0.6
+  max_positions: 4
+  max_position_size_usd: 4000
+emergency_actions:
+  close_all_positions: true
+  halt_new_trades: true
+  require_manual_restart: true
+"""
+
+
+def test_seed_003_sections_map_to_the_flat_settings(config):
+    config(SEED_003)
+    s = load_settings()
+    assert s.auto_entries is True
+    assert s.max_hold_hours == 1.5
+    assert s.scan_interval == 900.0 and s.scan_top_n == 3
+    assert s.max_daily_loss_usd == 1500.0 and s.daily_loss_warning_pct == 0.6
+    assert s.max_positions == 4 and s.max_position_value_usd == 4000.0
+    assert s.signals == {}  # auto-close on is the default near-close exit
+
+
+def test_sections_accept_catalyst_names_and_seed_002_trading_names(config):
+    config("trading:\n  daily_loss_limit: 1800\n  max_position_value: 3000\n  min_position_value: 500\n"
+           "  position_stop_loss_pct: 0.03\n  take_profit_pct: 0.09\n  sizing: atr_risk\n  auto_entries: false\n"
+           "risk_limits:\n  max_sector_exposure_usd: 8000\n  min_reward_risk: 2\n  sectors: {AAPL: Technology}\n"
+           "workflow:\n  scan_top_n: 2\n"
+           "signals:\n  rsi_strong: 90\n  volume_collapse_moderate: null\n")
+    s = load_settings()
+    assert (s.max_daily_loss_usd, s.max_position_value_usd, s.min_position_value_usd) == (1800.0, 3000.0, 500.0)
+    assert (s.stop_loss_pct, s.take_profit_pct, s.sizing, s.auto_entries) == (0.03, 0.09, "atr_risk", False)
+    assert (s.max_sector_exposure_usd, s.min_reward_risk, s.sectors) == (8000.0, 2.0, {"AAPL": "Technology"})
+    assert s.scan_top_n == 2
+    assert s.signals == {"rsi_strong": 90.0, "volume_collapse_moderate": None}
+
+
+def test_flat_keys_and_sections_mix(config):
+    config("market: HK\nrisk_limits:\n  max_positions: 2\n")
+    s = load_settings()
+    assert (s.market, s.max_positions) == ("HK", 2)
+
+
+def test_the_environment_beats_a_section(config, monkeypatch):
+    config("risk_limits:\n  max_position_size_usd: 4000\n")
+    monkeypatch.setenv("CATALYST_MAX_POSITION_VALUE_USD", "2500")
+    assert load_settings().max_position_value_usd == 2500.0
+
+
+def test_auto_close_off_switches_the_near_close_exit_off(config):
+    config("trading_session:\n  auto_close_at_market_close: false\n")
+    assert load_settings().signals == {"near_close_minutes": None}
+
+
+SECTION_REFUSALS = [
+    # (YAML, fragments the one-line message must hold)
+    ("risk_limits:\n  max_daily_loss: 5\n", ["unknown key", "max_daily_loss", "risk_limits"]),
+    ("workflow:\n  market: HK\n", ["market", "workflow", "top level"]),
+    ("bogus: 1\nmarket: HK\n", ["unknown key", "bogus", "top level"]),
+    ("risk_limits: 5\n", ["risk_limits", "mapping"]),
+    ("signals: [1, 2]\n", ["signals"]),
+    ("trading_session:\n  mode: supervised\n", ["trading_session.mode", "not supported"]),
+    ("trading_session:\n  mode: yolo\n", ["trading_session.mode", "autonomous"]),
+    ("trading_session:\n  auto_close_at_market_close: maybe\n", ["auto_close_at_market_close", "true or false"]),
+    ("trading_session:\n  max_hold_time_minutes: soon\n", ["trading_session.max_hold_time_minutes", "number"]),
+    ("emergency_actions:\n  close_all_positions: false\n", ["emergency_actions.close_all_positions", "not supported"]),
+    ("emergency_actions:\n  halt_new_trades: false\n", ["emergency_actions.halt_new_trades", "not supported"]),
+    ("emergency_actions:\n  require_manual_restart: false\n", ["require_manual_restart", "not supported"]),
+    ("emergency_actions:\n  notify_via_email: true\n", ["emergency_actions.notify_via_email", "not supported"]),
+    ("trading:\n  trailing_stop_pct: 0.03\n", ["trading.trailing_stop_pct", "not supported", "signals"]),
+    ("trading:\n  default_order_type: limit\n", ["trading.default_order_type", "not supported"]),
+    ("signals:\n  rsi_oversold: 30\n", ["rsi_oversold", "not supported"]),
+    # The same setting twice is ambiguous, not "last one wins".
+    ("max_hold_hours: 2\ntrading:\n  max_hold_time_minutes: 60\n", ["max_hold_hours", "trading.max_hold_time_minutes"]),
+    ("risk_limits:\n  max_position_size_usd: 1\n  max_position_value_usd: 2\n",
+     ["risk_limits.max_position_size_usd", "risk_limits.max_position_value_usd"]),
+    ("market: HK\nCATALYST_MARKET: US\n", ["market", "CATALYST_MARKET"]),
+    ("risk_limits:\n  max_positions: 3\nrisk_limits:\n  max_daily_loss_usd: 100\n", ["duplicate key", "risk_limits"]),
+    ("trading_session:\n  auto_close_at_market_close: true\nsignals:\n  near_close_minutes: null\n",
+     ["auto_close_at_market_close", "near_close_minutes"]),
+    # A bad value names the key the operator wrote.
+    ("risk_limits:\n  max_position_size_usd: -5\n", ["risk_limits.max_position_size_usd", "greater than 0"]),
+    ("workflow:\n  execute_top_n: 0\n", ["workflow.execute_top_n", "greater than 0"]),
+]
+
+
+@pytest.mark.parametrize("text, fragments", SECTION_REFUSALS, ids=[f"section-{i}" for i in range(len(SECTION_REFUSALS))])
+def test_a_bad_sectioned_config_is_refused_naming_the_key_and_section(config, text, fragments):
+    path = config(text)
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert str(path) in message
+    assert "\n" not in message
+
+
+# -- signal thresholds, as settings --------------------------------------------------------------
+
+def test_a_bad_signal_threshold_fails_at_load_naming_it(monkeypatch):
+    monkeypatch.setenv("CATALYST_SIGNALS", '{"rsi_strong": -5}')
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    assert "rsi_strong" in str(info.value) and "CATALYST_SIGNALS" in str(info.value)
+
+
+def test_a_bad_signal_threshold_in_yaml_fails_at_load_naming_it(config):
+    path = config("signals:\n  take_profit_strong: -1\n")
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    assert "take_profit_strong" in str(info.value) and str(path) in str(info.value)
+
+
+def test_signal_order_follows_the_configured_market(monkeypatch):
+    monkeypatch.setenv("CATALYST_SIGNALS", '{"stop_loss_moderate": -3.5}')
+    assert load_settings().signals == {"stop_loss_moderate": -3.5}
+    monkeypatch.setenv("CATALYST_MARKET", "HK")
+    with pytest.raises(BadInput, match="stop_loss_strong"):
+        load_settings()
+
+
+def test_null_switches_signal_tiers_off_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CATALYST_SIGNALS", '{"volume_collapse_strong": null, "volume_collapse_moderate": null}')
+    assert load_settings().signals == {"volume_collapse_strong": None, "volume_collapse_moderate": None}
+
+
+# -- limits and cross-field checks ----------------------------------------------------------------
+
+def _numeric_fields() -> list[tuple[str, str]]:
+    out = []
+    for name, field in Settings.model_fields.items():
+        args = set(getattr(field.annotation, "__args__", ())) | {field.annotation}
+        if args & {int, float}:
+            out.append((name, str(field.validation_alias)))
+    return out
+
+
+NUMERIC = _numeric_fields()
+
+
+def test_the_risk_guard_settings_are_numeric_and_covered():
+    names = {n for n, _ in NUMERIC}
+    assert {"max_daily_loss_usd", "daily_loss_warning_pct", "max_position_value_usd", "min_position_value_usd",
+            "max_sector_exposure_usd", "min_reward_risk", "equity_pct", "risk_per_trade_usd", "atr_stop_multiple",
+            "atr_target_multiple", "max_positions", "position_size_usd", "stop_loss_pct", "take_profit_pct"} <= names
+
+
+@pytest.mark.parametrize("name, alias", NUMERIC, ids=[n for n, _ in NUMERIC])
+@pytest.mark.parametrize("value", ["-1", "inf", "-inf", "nan"])
+def test_no_numeric_setting_accepts_a_negative_or_non_finite_value(monkeypatch, name, alias, value):
+    monkeypatch.setenv(alias, value)
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    assert alias in str(info.value) and name in str(info.value)
+
+
+@pytest.mark.parametrize("name, alias", NUMERIC, ids=[n for n, _ in NUMERIC])
+def test_a_yaml_boolean_is_not_a_number(config, name, alias):
+    config(f"{name}: true\n")
+    with pytest.raises(BadInput, match=name):
+        load_settings()
+
+
+def test_min_position_value_may_not_exceed_the_max(monkeypatch):
+    monkeypatch.setenv("CATALYST_MIN_POSITION_VALUE_USD", "5000")
+    assert load_settings().min_position_value_usd == 5000.0  # equal to the default max: allowed
+    monkeypatch.setenv("CATALYST_MIN_POSITION_VALUE_USD", "6000")
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    message = str(info.value)
+    assert "min_position_value_usd" in message and "max_position_value_usd" in message and "6000" in message
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("CATALYST_STOP_LOSS_PCT", "-0.05", "above the entry"),  # a stop above the entry sells at once
+    ("CATALYST_STOP_LOSS_PCT", "0", "above 0"),
+    ("CATALYST_STOP_LOSS_PCT", "1", "below 1"),
+    ("CATALYST_STOP_LOSS_PCT", "5", "0.05 = 5 %"),
+    ("CATALYST_TAKE_PROFIT_PCT", "0", "above 0"),
+    ("CATALYST_TAKE_PROFIT_PCT", "-0.1", "above 0"),
+    ("CATALYST_TAKE_PROFIT_PCT", "15", "0.15 = 15 %"),  # a percent typed as a fraction: a target at 16x
+])
+def test_stop_and_target_fractions_must_be_sane(monkeypatch, name, value, fragment):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    assert name in str(info.value) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("sectors, fragment", [
+    ('{"AA PL": "Technology"}', "'AA PL'"),
+    ('{"": "Technology"}', "''"),
+    ('{"\\u0131bm": "Technology"}', "bm'"),  # a dotless i upper-cases to an ASCII I: still not a ticker
+    ('{"aapl": "Technology", "AAPL": "Energy"}', "listed twice"),
+    ('{"AAPL": ""}', "AAPL"),
+    ('{"AAPL": "   "}', "AAPL"),
+    ('{"AAPL": 5}', "AAPL"),
+    ('["AAPL"]', "CATALYST_SECTORS"),
+])
+def test_sector_map_needs_tickers_and_named_sectors(monkeypatch, sectors, fragment):
+    monkeypatch.setenv("CATALYST_SECTORS", sectors)
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    assert "sectors" in str(info.value) and fragment in str(info.value)
+
+
+def test_a_good_sector_map_is_kept_with_upper_case_tickers(config):
+    config("risk_limits:\n  sectors:\n    aapl: Technology\n    BRK.B: ' Financials '\n    '0700': Communication\n")
+    assert load_settings().sectors == {"AAPL": "Technology", "BRK.B": "Financials", "0700": "Communication"}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalyst.core.domain import Quote, Strength
+from catalyst.core.domain import BadInput, Quote, Strength
 from catalyst.core.exits import (
     HeldPosition,
     MarketFacts,
@@ -218,3 +218,167 @@ def test_the_flow_follows_the_strongest_signal_and_is_deterministic(pos, price, 
     if a.signals:
         assert a.reason == a.signals[0].name and a.signals[0].strength == strongest
     assert a.high_watermark >= pos.high_watermark
+
+
+# -- thresholds from configuration: ranges, order, null ------------------------------------------
+# A threshold that is out of range or out of order changes which exits fire (``take_profit_strong: -1``
+# sells every position on its first check), so a profile refuses it, naming it, instead of trading on it.
+
+OUT_OF_RANGE = [
+    ("rsi_strong", -5), ("rsi_strong", 101), ("rsi_moderate", 0), ("rsi_moderate", 40),
+    ("take_profit_strong", -1), ("take_profit_moderate", 0), ("take_profit_strong", 5000),
+    ("take_profit_strong", 0.08),  # seed 002's fractions: 0.08 would be a 0.08 % target, not 8 %
+    ("stop_loss_strong", 5), ("stop_loss_moderate", 0), ("stop_loss_weak", -100), ("stop_loss_strong", -0.03),
+    ("volume_collapse_strong", 1.5), ("volume_collapse_moderate", 1), ("volume_collapse_strong", 0),
+    ("volume_collapse_moderate", -0.1),
+    ("trailing_stop_pct", -3), ("trailing_stop_pct", 0), ("trailing_stop_pct", 100), ("trailing_stop_pct", 0.03),
+    ("macd_hist_below", 0.5),
+    ("near_close_minutes", -1), ("near_close_minutes", 0), ("near_close_minutes", 400),
+    ("power_hour_from_minutes", 0), ("power_hour_from_minutes", 600), ("power_hour_until_minutes", -5),
+]
+
+
+@pytest.mark.parametrize("market", ["US", "HK"])
+@pytest.mark.parametrize("name, value", OUT_OF_RANGE, ids=[f"{n}={v}" for n, v in OUT_OF_RANGE])
+def test_a_threshold_out_of_its_range_is_refused_naming_it(market, name, value):
+    with pytest.raises(BadInput) as info:
+        profile_for(market, {name: value})
+    message = str(info.value)
+    assert name in message and f"{value:g}" in message, message
+    assert "\n" not in message
+
+
+NOT_NUMBERS = [("rsi_strong", "85"), ("rsi_strong", True), ("take_profit_strong", float("nan")),
+               ("stop_loss_strong", [5]), ("take_profit_strong", -float("inf")), ("rsi_strong", -float("inf")),
+               ("stop_loss_strong", float("inf"))]
+
+
+@pytest.mark.parametrize("name, value", NOT_NUMBERS, ids=[f"{n}={v!r}" for n, v in NOT_NUMBERS])
+def test_a_threshold_that_is_not_a_usable_number_is_refused_naming_it(name, value):
+    with pytest.raises(BadInput, match=name):
+        profile_for("US", {name: value})
+
+
+OUT_OF_ORDER = [
+    # (overrides on the US profile, the two thresholds the message must name)
+    ({"stop_loss_moderate": -6}, ("stop_loss_strong", "stop_loss_moderate")),
+    ({"stop_loss_weak": -4}, ("stop_loss_moderate", "stop_loss_weak")),
+    ({"stop_loss_moderate": None, "stop_loss_weak": -6}, ("stop_loss_strong", "stop_loss_weak")),  # across a null
+    ({"stop_loss_strong": -3}, ("stop_loss_strong", "stop_loss_moderate")),  # equal: the moderate tier never fires
+    ({"take_profit_moderate": 12}, ("take_profit_strong", "take_profit_moderate")),
+    ({"take_profit_strong": 5}, ("take_profit_strong", "take_profit_moderate")),
+    ({"rsi_moderate": 90}, ("rsi_strong", "rsi_moderate")),
+    ({"rsi_strong": 75}, ("rsi_strong", "rsi_moderate")),
+    ({"volume_collapse_moderate": 0.2}, ("volume_collapse_strong", "volume_collapse_moderate")),
+    ({"power_hour_until_minutes": 60}, ("power_hour_until_minutes", "power_hour_from_minutes")),
+    ({"near_close_minutes": 60}, ("near_close_minutes", "power_hour_from_minutes")),
+]
+
+
+@pytest.mark.parametrize("overrides, names", OUT_OF_ORDER, ids=[str(o) for o, _ in OUT_OF_ORDER])
+def test_tiers_out_of_order_are_refused_naming_both(overrides, names):
+    """A stronger tier lies beyond a weaker one (deeper loss, higher gain or RSI, lower volume, nearer the close)."""
+    with pytest.raises(BadInput) as info:
+        profile_for("US", overrides)
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_hk_tiers_are_checked_against_the_hk_defaults():
+    profile_for("US", {"stop_loss_moderate": -3.5})  # US strong tier is -5
+    with pytest.raises(BadInput, match="stop_loss_strong"):
+        profile_for("HK", {"stop_loss_moderate": -3.5})  # HK strong tier is -3
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(BadInput) as info:
+        profile_for("US", {"rsi_strong": -5, "take_profit_strong": -1, "bogus": 1})
+    for name in ("rsi_strong", "take_profit_strong", "bogus"):
+        assert name in str(info.value)
+
+
+def test_an_unknown_signal_name_is_refused_naming_it():
+    with pytest.raises(BadInput, match="rsi_stong"):
+        profile_for("US", {"rsi_stong": 90})
+
+
+@pytest.mark.parametrize("name", ["rsi_overbought", "rsi_oversold"])
+def test_seed_002_signal_names_are_refused_as_not_supported(name):
+    with pytest.raises(BadInput, match=f"{name} is not supported"):
+        profile_for("US", {name: 70})
+
+
+# The tier, the signal it raises and a US-default situation where exactly that tier fires:
+# (price, high-watermark, market facts), for a position entered at 100 on a volume of 1,000.
+TIERS = {
+    "stop_loss_strong": ("stop_loss", Strength.STRONG, 94.0, None, MarketFacts()),
+    "stop_loss_moderate": ("stop_loss", Strength.MODERATE, 96.5, None, MarketFacts()),
+    "stop_loss_weak": ("stop_loss", Strength.WEAK, 97.5, None, MarketFacts()),
+    "take_profit_strong": ("take_profit", Strength.STRONG, 111.0, None, MarketFacts()),
+    "take_profit_moderate": ("take_profit", Strength.MODERATE, 107.0, None, MarketFacts()),
+    "rsi_strong": ("rsi_overbought", Strength.STRONG, 101.0, None, MarketFacts(rsi=90.0)),
+    "rsi_moderate": ("rsi_overbought", Strength.MODERATE, 101.0, None, MarketFacts(rsi=80.0)),
+    "volume_collapse_strong": ("volume_collapse", Strength.STRONG, 101.0, None, MarketFacts(recent_volume=200.0)),
+    "volume_collapse_moderate": ("volume_collapse", Strength.MODERATE, 101.0, None, MarketFacts(recent_volume=300.0)),
+    "trailing_stop_pct": ("trailing_stop", Strength.MODERATE, 104.0, 110.0, MarketFacts()),
+    "macd_hist_below": ("macd_bearish", Strength.MODERATE, 101.0, None, MarketFacts(macd_hist=-1.0)),
+    "near_close_minutes": ("near_close", Strength.STRONG, 101.0, None, MarketFacts(minutes_to_close=10)),
+    "power_hour_from_minutes": ("power_hour", Strength.WEAK, 101.0, None, MarketFacts(minutes_to_close=45)),
+}
+
+
+def _fired_pairs(profile, tier):
+    _, _, price, high, facts = TIERS[tier]
+    a = assess_exit(position(high=high), quote(price), NOW, timedelta(minutes=5), profile, facts)
+    return {(s.name, s.strength) for s in a.signals}
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_any_tier_switched_off_with_null_never_fires(tier):
+    name, strength, *_ = TIERS[tier]
+    assert (name, strength) in _fired_pairs(US, tier)  # control: the tier fires with the defaults
+    off = profile_for("US", {tier: None})
+    assert (name, strength) not in _fired_pairs(off, tier)
+    assert off.thresholds()[tier] is None  # shown as switched off
+
+
+def test_a_whole_signal_can_be_switched_off():
+    off = profile_for("US", {"volume_collapse_strong": None, "volume_collapse_moderate": None})
+    for recent in (0.0, 100.0, 300.0):
+        signals, unknown = indicator_signals(position(), MarketFacts(recent_volume=recent), off)
+        assert fired(signals, "volume_collapse") is None and "volume_collapse" not in unknown
+
+
+def test_power_hour_until_null_runs_the_window_to_the_close():
+    open_ended = profile_for("US", {"power_hour_until_minutes": None})
+    assert fired(session_signals(MarketFacts(minutes_to_close=20), US), "power_hour") is None
+    assert fired(session_signals(MarketFacts(minutes_to_close=20), open_ended), "power_hour") == Strength.WEAK
+    assert fired(session_signals(MarketFacts(minutes_to_close=10), open_ended), "near_close") == Strength.STRONG
+
+
+def test_a_null_tier_keeps_the_remaining_tiers_working():
+    profile = profile_for("US", {"stop_loss_moderate": None})
+    assert fired(pnl_signals(-4.0, profile), "stop_loss") == Strength.WEAK  # moderate gone: -4 % is only weak
+    assert fired(pnl_signals(-6.0, profile), "stop_loss") == Strength.STRONG
+
+
+def test_the_entry_rsi_cap_is_the_lowest_active_rsi_tier():
+    """The scan never buys what the monitor would call overbought, whichever RSI tiers are on."""
+    assert US.overbought_rsi == 75.0
+    assert profile_for("US", {"rsi_moderate": None}).overbought_rsi == 85.0
+    assert profile_for("US", {"rsi_moderate": None, "rsi_strong": None}).overbought_rsi == float("inf")
+
+
+def test_an_infinite_threshold_on_its_never_firing_side_means_off():
+    """Code (tests) may write "never" as an infinity; it is the same as null."""
+    profile = profile_for("US", {"stop_loss_strong": -float("inf"), "take_profit_strong": float("inf"),
+                                 "trailing_stop_pct": float("inf")})
+    shown = profile.thresholds()
+    assert [shown[k] for k in ("stop_loss_strong", "take_profit_strong", "trailing_stop_pct")] == [None, None, None]
+
+
+def test_good_overrides_and_the_built_in_profiles_pass():
+    for market in PROFILES:
+        assert profile_for(market, {}) == PROFILES[market]
+    profile = profile_for("US", {"rsi_strong": 90, "rsi_moderate": 70, "stop_loss_weak": None, "macd_hist_below": 0})
+    assert (profile.rsi_strong, profile.rsi_moderate, profile.macd_hist_below) == (90.0, 70.0, 0.0)
