@@ -1,9 +1,11 @@
 """Entries: validate, admit under the entry gate, submit once, open the position from what filled.
 
 - **Admission** (:func:`admit_entry`) happens in one transaction under a lock shared by every
-  process: the trading state, the symbol and the position limit are checked at the moment the
-  intent row is written, counting every entry still in flight (pending, unknown, working, or
-  filled but not yet a position), so neither a halt nor a concurrent entry can slip past.
+  process: the pre-trade risk checks (:mod:`catalyst.core.risk`: trading state, symbol, position
+  limit, position value, sector exposure, daily-loss projection, reward:risk) judge the book as it
+  is at the moment the intent row is written, counting every entry still in flight (pending,
+  unknown, working, or filled but not yet a position), so neither a halt nor a concurrent entry
+  can slip past a limit. The scanner's entries and an operator's are checked alike.
 - **Once an order may exist at the broker nothing gives up on it**: a retry resumes the
   recorded intent (no re-validation that a moved quote or a data outage could fail), every
   broker or transport error becomes :class:`OrderPending` (the task retries), and what is
@@ -22,15 +24,15 @@ import math
 from datetime import timedelta
 
 import structlog
-from dataclasses import dataclass
 
-from sqlalchemy import and_, not_, select, union_all, update
+from sqlalchemy import Float, String, and_, cast, func, literal, not_, null, select, union_all, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from catalyst import client_ids, orders, task_args
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderRequest
 from catalyst.db.engine import dialect_insert, session_scope
-from catalyst.db.models import Order, Position, TradingCycle, TradingState
+from catalyst.db.models import Order, Position, Security, TradingCycle, TradingState
+from catalyst.core import risk, sizing
 from catalyst.core.domain import BadInput, require_price
 from catalyst.core.exits import quote_problem
 from catalyst.orders import OrderPending
@@ -45,40 +47,91 @@ DEAD_ENTRY_STATUSES = ("canceled", "rejected", "expired", "done_for_day", "repla
 
 
 class EntryRefused(BadInput):
-    """The entry was refused at submission (halted, already held, position limit): nothing was sent."""
+    """The entry was refused at submission (a risk check, or a retired intent): nothing was sent.
 
-    def __init__(self, reason: str, message: str):
+    ``reason`` is the first refusal's code; ``refusals`` lists every rule the entry broke.
+    """
+
+    def __init__(self, reason: str, message: str, refusals: tuple[risk.Refusal, ...] = ()):
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Exposure:
-    """What is held or being entered: symbols, and how many positions that makes."""
-
-    symbols: frozenset[str]
-    count: int
-
-
-def exposure(s, *, excluding_client_order_id: str | None = None) -> Exposure:
-    """Open positions plus every entry order in flight (it may hold shares the moment it resolves).
-
-    One statement, so one snapshot: an entry turning into a position between two reads could
-    otherwise be counted by neither.
-    """
-    held = select(Position.symbol).where(Position.status != "closed")
-    in_flight = select(Order.symbol).where(
-        Order.purpose == "entry", Order.position_id.is_(None),
-        not_(and_(Order.status.in_(DEAD_ENTRY_STATUSES), Order.filled_qty <= 0)))
-    if excluding_client_order_id is not None:
-        in_flight = in_flight.where(Order.client_order_id != excluding_client_order_id)
-    symbols = list(s.scalars(union_all(held, in_flight)))
-    return Exposure(frozenset(symbols), len(symbols))
+        self.refusals = refusals or (risk.Refusal(reason, message),)
 
 
 def is_halted(s) -> bool:
+    return trading_state(s)[0] is not risk.TradingState.ACTIVE
+
+
+def trading_state(s) -> tuple[risk.TradingState, str | None]:
+    """The trading state and why, from the ``halted`` row of ``trading_state``.
+
+    ``{"halted": true}`` is HALTED; otherwise an optional ``"state"`` (``"REDUCING"``) names it;
+    anything else is ACTIVE. The one place that reads it: the risk monitor's states plug in here.
+    """
     row = s.get(TradingState, "halted")
-    return bool(row and row.value.get("halted"))
+    value = row.value if row is not None and isinstance(row.value, dict) else {}
+    if value.get("halted"):
+        return risk.TradingState.HALTED, value.get("reason")
+    state = str(value.get("state") or "").upper()
+    if state in risk.TradingState.__members__ and state != "ACTIVE":
+        return risk.TradingState[state], value.get("reason")
+    return risk.TradingState.ACTIVE, None
+
+
+SECTOR_LENGTH = 64  # securities.sector: a longer name must not fail the write that records a filled entry
+
+
+def sector_of(rt: Runtime, symbol: str) -> str | None:
+    """The configured sector of ``symbol`` (``sectors`` setting, symbol keys in any case)."""
+    for name, sector in rt.settings.sectors.items():
+        if name.strip().upper() == symbol and str(sector).strip():
+            return str(sector).strip()[:SECTOR_LENGTH]
+    return None
+
+
+def book_snapshot(s, rt: Runtime, now, *, excluding_client_order_id: str | None = None) -> risk.Book:
+    """The book the risk checks judge: holdings, entries in flight and today's realized P&L, in one read.
+
+    One statement, so one snapshot: an entry turning into a position, or a position closing, between
+    two reads could otherwise be counted twice or not at all. Positions are marked at their last
+    price (the monitor's); an entry in flight at the price it was admitted at. Sectors come from the
+    configured map, else from ``securities.sector``. "Today" is the market's day (exchange time zone).
+    """
+    start, end = risk.day_span(risk.market_day(now, rt.calendar.tz), rt.calendar.tz)
+    held = (select(literal("held").label("kind"), Position.symbol, Position.qty,
+                   func.coalesce(Position.last_price, Position.entry_price).label("price"),
+                   Position.entry_price.label("cost"), Position.stop_loss_price.label("stop"),
+                   Security.sector, cast(null(), Float).label("realized"))
+            .outerjoin(Security, Security.id == Position.security_id).where(Position.status != "closed"))
+    price = func.coalesce(Order.reference_price, Order.filled_avg_price, Order.take_profit_price, 0.0)
+    in_flight = (select(literal("in_flight").label("kind"), Order.symbol, Order.qty, price.label("price"),
+                        price.label("cost"), Order.stop_loss_price.label("stop"), Security.sector,
+                        cast(null(), Float).label("realized"))
+                 .outerjoin(Security, Security.symbol == Order.symbol)
+                 .where(*_in_flight_entries(excluding_client_order_id)))
+    closed = (select(literal("closed").label("kind"), Position.symbol, Position.qty,
+                     Position.exit_price.label("price"), Position.entry_price.label("cost"),
+                     Position.stop_loss_price.label("stop"), cast(null(), String).label("sector"),
+                     Position.realized_pnl.label("realized"))
+              .where(Position.status == "closed", Position.closed_at >= start, Position.closed_at < end))
+    holdings, realized = [], 0.0
+    for row in s.execute(union_all(held, in_flight, closed)):
+        if row.kind == "closed":
+            realized += float(row.realized or 0.0)
+            continue
+        holdings.append(risk.Holding(row.symbol, float(row.qty), float(row.price), float(row.cost),
+                                     None if row.stop is None else float(row.stop),
+                                     sector_of(rt, row.symbol) or row.sector, in_flight=row.kind == "in_flight"))
+    state, why = trading_state(s)
+    return risk.Book(state, tuple(holdings), realized, why)
+
+
+def _in_flight_entries(excluding_client_order_id: str | None) -> list:
+    where = [Order.purpose == "entry", Order.position_id.is_(None),
+             not_(and_(Order.status.in_(DEAD_ENTRY_STATUSES), Order.filled_qty <= 0))]
+    if excluding_client_order_id is not None:
+        where.append(Order.client_order_id != excluding_client_order_id)
+    return where
 
 
 def lock_entry_gate(s, now) -> None:
@@ -159,8 +212,10 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
         symbol, qty, quote, stop, target = validate_entry(rt, symbol, qty, stop, target)
         stop = stop if stop is not None else round(quote.price * (1 - rt.settings.stop_loss_pct), 2)
         target = target if target is not None else round(quote.price * (1 + rt.settings.take_profit_pct), 2)
-        admit_entry(rt, client_order_id=client_order_id, symbol=symbol, qty=qty, stop=stop, target=target,
-                    cycle_id=cycle_id, worker=worker)
+        if cycle_id is not None:  # the scanner's plan, sized at scan time: kept within the value cap at today's price
+            qty = _within_value_cap(rt, symbol, qty, quote.price)
+        admit_entry(rt, client_order_id=client_order_id, symbol=symbol, qty=qty, price=quote.price, stop=stop,
+                    target=target, cycle_id=cycle_id, worker=worker)
         intent = _recorded_intent(client_order_id)
     elif intent.status in DEAD_ENTRY_STATUSES and (intent.filled_qty or 0) <= 0:
         raise EntryRefused("retired", f"entry {client_order_id} is {intent.status} ({intent.error}): never sent again")
@@ -208,12 +263,26 @@ def _protect_at_once(rt: Runtime, position: Position) -> None:
         log.warning("entry_protection_deferred", position_id=position.id, error=str(exc))
 
 
-def admit_entry(rt: Runtime, *, client_order_id: str, symbol: str, qty: float, stop: float | None,
-                target: float | None, cycle_id: int | None, worker: str | None) -> None:
-    """Check the trading state, the symbol and the limit, and write the intent, in one locked transaction.
+def _within_value_cap(rt: Runtime, symbol: str, qty: float, price: float) -> float:
+    """A planned entry whose price rose since it was sized buys fewer shares, not none: the plan is
+    cut to the maximum position value at the entry's price (an operator's quantity is never cut)."""
+    cap = rt.settings.max_position_value_usd
+    if qty * price <= cap:
+        return qty
+    fitted = sizing.whole(cap / price)
+    if fitted >= 1:
+        log.info("entry_trimmed", symbol=symbol, planned=qty, qty=fitted, price=price, cap=cap)
+        return float(fitted)
+    return qty  # not even one share fits: the risk check refuses it with the numbers
 
-    The position limit binds the scanner's entries; an operator's manual entry is checked for the
-    halt and a second position in the symbol only (issue 9 brings the full risk guard to both).
+
+def admit_entry(rt: Runtime, *, client_order_id: str, symbol: str, qty: float, price: float,
+                stop: float | None, target: float | None, cycle_id: int | None, worker: str | None) -> None:
+    """Run the pre-trade risk checks and write the intent, in one transaction under the entry gate.
+
+    ``price`` is the quote the entry was validated at: the intent keeps it, and the checks of later
+    entries value this one at it while it is in flight. A refusal is recorded in ``decisions``
+    with every rule broken, and raised as :class:`EntryRefused`; nothing is written to ``orders``.
     """
     now = rt.clock.now()
     with session_scope() as s:
@@ -221,29 +290,42 @@ def admit_entry(rt: Runtime, *, client_order_id: str, symbol: str, qty: float, s
         if cycle_id is not None and s.get(TradingCycle, cycle_id) is None:
             # Bad input, not a trading decision: nothing is recorded (the lock row rolls back with it).
             raise EntryRefused("unknown_cycle", f"unknown trading cycle id {cycle_id}: no entry in {symbol} is sent")
-        refusal = _refusal(s, rt, symbol, client_order_id, cycle_id)
-        if refusal is None:
+        entry = risk.Entry(symbol, qty, price, stop, target, _sector(s, rt, symbol))
+        refusals = _refusal(s, rt, entry, client_order_id, now)
+        if not refusals:
             if s.scalar(select(Order.id).where(Order.client_order_id == client_order_id)) is None:
                 s.add(Order(client_order_id=client_order_id, symbol=symbol, side="buy", purpose="entry", qty=qty,
-                            cycle_id=cycle_id, stop_loss_price=stop, take_profit_price=target,
+                            cycle_id=cycle_id, stop_loss_price=stop, take_profit_price=target, reference_price=price,
                             status="pending_submit", created_at=now, updated_at=now))
             return
-        record_decision(s, kind="entry", action="skip", reason=refusal[0], symbol=symbol, cycle_id=cycle_id,
-                        decided_at=now, worker=worker, details={"client_order_id": client_order_id})
-    log.warning("entry_refused", symbol=symbol, reason=refusal[0], client_order_id=client_order_id)
-    raise EntryRefused(*refusal)
+        _record_refusal(s, entry, refusals, client_order_id, cycle_id, now, worker)
+    raise _refused(entry, refusals, client_order_id)
 
 
-def _refusal(s, rt: Runtime, symbol: str, client_order_id: str, cycle_id: int | None) -> tuple[str, str] | None:
-    if is_halted(s):
-        return "halted", f"trading is halted: no entry in {symbol} is sent"
-    held = exposure(s, excluding_client_order_id=client_order_id)
-    if symbol in held.symbols:
-        return "already_held", f"{symbol} is already held or being entered"
-    if cycle_id is not None and held.count >= rt.settings.max_positions:
-        return "position_limit", (f"position limit {rt.settings.max_positions} reached "
-                                  f"({held.count} held or in flight): no entry in {symbol}")
-    return None
+def _refusal(s, rt: Runtime, entry: risk.Entry, client_order_id: str, now) -> list[risk.Refusal]:
+    """Every rule ``entry`` breaks against the book as it is now (its own intent left out of the book)."""
+    book = book_snapshot(s, rt, now, excluding_client_order_id=client_order_id)
+    return risk.check_entry(entry, book, risk.Limits.of(rt.settings))
+
+
+def _sector(s, rt: Runtime, symbol: str) -> str | None:
+    return sector_of(rt, symbol) or s.scalar(select(Security.sector).where(Security.symbol == symbol))
+
+
+def _record_refusal(s, entry: risk.Entry, refusals: list[risk.Refusal], client_order_id: str,
+                    cycle_id: int | None, now, worker: str | None) -> None:
+    record_decision(s, kind="entry", action="skip", reason=refusals[0].reason, symbol=entry.symbol,
+                    cycle_id=cycle_id, decided_at=now, worker=worker, details={
+                        "client_order_id": client_order_id,
+                        "refusals": [{"reason": r.reason, "message": r.message} for r in refusals],
+                        "entry": {"qty": entry.qty, "price": entry.price, "stop": entry.stop,
+                                  "target": entry.target, "sector": entry.sector}})
+
+
+def _refused(entry: risk.Entry, refusals: list[risk.Refusal], client_order_id: str) -> EntryRefused:
+    log.warning("entry_refused", symbol=entry.symbol, reason=refusals[0].reason,
+                reasons=[r.reason for r in refusals], client_order_id=client_order_id)
+    return EntryRefused(refusals[0].reason, "; ".join(r.message for r in refusals), tuple(refusals))
 
 
 INTENT_TTL = timedelta(minutes=10)  # an entry not sent by then is a stale decision: it is never sent
@@ -262,28 +344,45 @@ def _recheck_unsent(rt: Runtime, intent: Order, worker: str | None) -> None:
     if at_broker is not None:
         return  # it is there: the submit adopts it
     now = rt.clock.now()
+    price = intent.reference_price
+    if price is None and now - intent.created_at <= INTENT_TTL:
+        price = _quoted_price(rt, intent)  # an intent from before entries kept their price (read before the lock)
+    entry, refusals = None, []
     with session_scope() as s:
         lock_entry_gate(s, now)
         status, filled = s.execute(select(Order.status, Order.filled_qty)
                                    .where(Order.client_order_id == intent.client_order_id)).one()
         if status in DEAD_ENTRY_STATUSES and (filled or 0) <= 0:
-            refusal = ("retired", f"entry {intent.client_order_id} was retired ({status}) before it was sent")
+            refusals = [risk.Refusal("retired", f"entry {intent.client_order_id} was retired ({status}) "
+                                                "before it was sent")]
         elif status not in ("pending_submit", "unknown"):
             return  # a concurrent delivery sent it meanwhile (e.g. it filled): the submit adopts it
         elif now - intent.created_at > INTENT_TTL:
-            refusal = ("expired", f"entry {intent.client_order_id} was not sent within "
-                                  f"{int(INTENT_TTL.total_seconds() // 60)} min: a stale decision is never sent")
+            refusals = [risk.Refusal("expired", f"entry {intent.client_order_id} was not sent within "
+                                                f"{int(INTENT_TTL.total_seconds() // 60)} min: a stale decision "
+                                                "is never sent")]
         else:
-            refusal = _refusal(s, rt, intent.symbol, intent.client_order_id, intent.cycle_id)
-        if refusal is None:
+            entry = risk.Entry(intent.symbol, intent.qty, price, intent.stop_loss_price, intent.take_profit_price,
+                               _sector(s, rt, intent.symbol))
+            refusals = _refusal(s, rt, entry, intent.client_order_id, now)
+        if not refusals:
             return
         s.execute(update(Order).where(Order.client_order_id == intent.client_order_id,
                                       Order.status.in_(("pending_submit", "unknown")))
-                  .values(status="canceled", error=f"{refusal[0]} before it was sent", updated_at=now))
-        record_decision(s, kind="entry", action="skip", reason=refusal[0], symbol=intent.symbol,
-                        cycle_id=intent.cycle_id, decided_at=now, worker=worker,
-                        details={"client_order_id": intent.client_order_id})
-    raise EntryRefused(*refusal)
+                  .values(status="canceled", error=f"{refusals[0].reason} before it was sent", updated_at=now))
+        entry = entry or risk.Entry(intent.symbol, intent.qty, price, intent.stop_loss_price,
+                                    intent.take_profit_price)
+        _record_refusal(s, entry, refusals, intent.client_order_id, intent.cycle_id, now, worker)
+    raise _refused(entry, refusals, intent.client_order_id)
+
+
+def _quoted_price(rt: Runtime, intent: Order) -> float:
+    """An intent written before entries kept their admission price: today's quote stands in."""
+    try:
+        quote = rt.market_data.quote(intent.symbol, rt.clock.now())
+        return require_price(quote.price, f"{intent.symbol} price")
+    except Exception as exc:  # noqa: BLE001 - no price, no check: the task retries (the TTL retires it in the end)
+        raise OrderPending(f"entry {intent.client_order_id}: no price to check it against the limits ({exc})") from exc
 
 
 def retire_unsent_entry(client_order_id: str, now, reason: str) -> bool:
@@ -361,11 +460,11 @@ def _new_position(s, rt: Runtime, order: Order, report: BrokerOrderReport, entry
     price = float(report.filled_avg_price)
     now = rt.clock.now()
     position = Position(
-        security_id=security_id(s, order.symbol, rt.calendar.code), symbol=order.symbol, qty=report.filled_qty, status="open", entry_price=price,
-        entry_volume=entry_volume, high_watermark=price, stop_loss_price=order.stop_loss_price,
-        take_profit_price=order.take_profit_price, max_hold_seconds=rt.settings.max_hold_hours * 3600.0,
-        entry_reason=reason, cycle_id=order.cycle_id, entry_order_id=order.id,
-        opened_at=report.filled_at or now, last_price=price, updated_at=now,
+        security_id=security_id(s, order.symbol, rt.calendar.code, sector_of(rt, order.symbol)), symbol=order.symbol,
+        qty=report.filled_qty, status="open", entry_price=price, entry_volume=entry_volume, high_watermark=price,
+        stop_loss_price=order.stop_loss_price, take_profit_price=order.take_profit_price,
+        max_hold_seconds=rt.settings.max_hold_hours * 3600.0, entry_reason=reason, cycle_id=order.cycle_id,
+        entry_order_id=order.id, opened_at=report.filled_at or now, last_price=price, updated_at=now,
     )
     s.add(position)
     s.flush()

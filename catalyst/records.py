@@ -44,8 +44,15 @@ def bump(s: Session, service: str | None, **deltas: int) -> None:
         s.execute(update(ServiceHealth).where(ServiceHealth.service_name == service).values(**values))
 
 
-def security_id(s: Session, symbol: str, exchange: str | None) -> int:
-    """The ``securities`` row of ``symbol``, created once even when several workers meet it at once."""
-    s.execute(dialect_insert(s, Security).values(symbol=symbol, exchange=exchange, created_at=wall_now())
+def security_id(s: Session, symbol: str, exchange: str | None, sector: str | None = None) -> int:
+    """The ``securities`` row of ``symbol``, created once even when several workers meet it at once.
+
+    A ``sector`` (from the configured sector map) is recorded, and replaces an older one.
+    """
+    s.execute(dialect_insert(s, Security).values(symbol=symbol, exchange=exchange, sector=sector,
+                                                 created_at=wall_now())
               .on_conflict_do_nothing(index_elements=["symbol"]))
+    if sector is not None:
+        s.execute(update(Security).where(Security.symbol == symbol, Security.sector.is_distinct_from(sector))
+                  .values(sector=sector))
     return s.scalar(select(Security.id).where(Security.symbol == symbol))

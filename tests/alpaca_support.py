@@ -20,7 +20,7 @@ def alpaca_env(fake, pg_url: str, redis_url: str, tmp_path, *, start: datetime =
             "CATALYST_BROKER": "alpaca", "CATALYST_MARKET_DATA": "alpaca", "ALPACA_API_KEY": fake.key_id,
             "ALPACA_SECRET_KEY": fake.secret, "ALPACA_BASE_URL": fake.base_url, "ALPACA_DATA_URL": fake.base_url,
             "CATALYST_CLOCK": f"sim:{start.isoformat()}@{speed:g}", "ALPACA_TIMEOUT": "2",
-            "CATALYST_MAX_POSITIONS": "0", "CATALYST_FILL_WAIT_SECONDS": "1", **extra}
+            "CATALYST_AUTO_ENTRIES": "false", "CATALYST_FILL_WAIT_SECONDS": "1", **extra}
 
 
 class MarketDriver(threading.Thread):

@@ -32,7 +32,9 @@ def fake():
 @pytest.fixture
 def market(fake, pg_url, redis_url, tmp_path):
     # 60x: every real second is a new monitor cycle, so a new price is seen after next_cycle()
-    with alpaca_market(fake, alpaca_env(fake, pg_url, redis_url, tmp_path, speed=60), {"ACME": 100.0}) as driver:
+    # up to 20 positions opened by hand (the position limit has tests of its own: tests/test_risk_guard.py)
+    env = alpaca_env(fake, pg_url, redis_url, tmp_path, speed=60, CATALYST_MAX_POSITIONS="25")
+    with alpaca_market(fake, env, {"ACME": 100.0}) as driver:
         yield driver
 
 

@@ -65,7 +65,8 @@ def test_a_429_storm_stays_under_the_shared_limit_and_every_exit_still_happens(f
     # Slow simulated time: the storm's pauses (25 x 2 s) must not carry the exits past the 16:00 close, after
     # which Alpaca (and the strict fake) queues market orders for the next open instead of filling them.
     env = alpaca_env(fake, pg_url, redis_url, tmp_path, start=NEAR_CLOSE.replace(minute=44), speed=5,
-                     ALPACA_RATE_LIMIT=str(limit), ALPACA_RATE_WINDOW_SECONDS=str(window))
+                     ALPACA_RATE_LIMIT=str(limit), ALPACA_RATE_WINDOW_SECONDS=str(window),
+                     CATALYST_MAX_POSITIONS="10")  # six opened by hand
     symbols = ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF"]
     with alpaca_market(fake, env, {s: 50.0 for s in symbols}):
         subprocess.run([sys.executable, "-m", "catalyst.cli", "db", "upgrade"], check=True, capture_output=True)

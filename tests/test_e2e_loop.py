@@ -40,7 +40,7 @@ def base_env(tmp_path, speed: float = 60) -> dict[str, str]:
         "CATALYST_MARKET_DATA": f"replay:{csv}",
         "CATALYST_CLOCK": f"sim:{start.isoformat()}@{speed:g}",
         "MONITOR_CHECK_INTERVAL": "60",
-        "CATALYST_MAX_POSITIONS": "0",  # no automatic entries: this test opens by hand
+        "CATALYST_AUTO_ENTRIES": "false",  # no automatic entries: this test opens by hand
         "CATALYST_HEARTBEAT_INTERVAL": "2",
     }
 

@@ -196,7 +196,7 @@ def test_a_delivery_that_finds_its_entry_filled_by_a_concurrent_one_adopts_it(ma
 
     client_order_id = manual_id()
     rt = get_runtime()
-    entries.admit_entry(rt, client_order_id=client_order_id, symbol="AAA", qty=10, stop=45.0, target=60.0,
+    entries.admit_entry(rt, client_order_id=client_order_id, symbol="AAA", qty=10, price=PRICE, stop=45.0, target=60.0,
                         cycle_id=None, worker=None)
     seen_unsent = entries._recorded_intent(client_order_id)  # what the second delivery read
     first = open_position(rt, symbol="AAA", qty=10, client_order_id=client_order_id)

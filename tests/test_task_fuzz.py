@@ -260,7 +260,8 @@ def fuzz_stack(pg_url, redis_url, tmp_path, stack):
     env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
            "CATALYST_MARKET_DATA": "replay:" + ",".join(paths),
            "CATALYST_CLOCK": f"sim:{(SESSION_OPEN + timedelta(minutes=5)).isoformat()}@1",
-           "CATALYST_HEARTBEAT_INTERVAL": "5"}
+           "CATALYST_HEARTBEAT_INTERVAL": "5",
+           "CATALYST_MAX_POSITIONS": "20"}  # seven held by hand: hostile arguments, not the limit, are refused
     with environment(env):
         rt = get_runtime()
         ids = [open_position(rt, symbol=s, qty=10, client_order_id=f"manual-{i:024x}").id

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from urllib.parse import urlparse
 
@@ -205,6 +206,18 @@ class AlpacaBroker:
         found = self._call(lambda: self.client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=False,
                                                                            limit=500)), "listing open orders")
         return [report_from_order(o) for o in found]
+
+    def equity(self) -> float:
+        """``equity`` of GET /v2/account (cash + long and short market value, computed by Alpaca)."""
+        account = self._call(self.client.get_account, "reading the account")
+        raw = getattr(account, "equity", None)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise BrokerError(f"Alpaca's account has no usable equity ({raw!r})") from None
+        if not math.isfinite(value) or value <= 0:
+            raise BrokerError(f"Alpaca's account equity {raw!r} is not a number above zero")
+        return value
 
     def clock(self):
         return self._call(self.client.get_clock, "clock")

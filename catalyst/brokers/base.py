@@ -109,3 +109,9 @@ class Broker(Protocol):
 
     def replace_stop(self, broker_order_id: str, stop_price: float) -> BrokerOrderReport:
         """Move a stop leg (Alpaca has no trailing bracket leg: the monitor ratchets the stop)."""
+
+    def equity(self) -> float:
+        """The account's equity (cash plus positions at market), for percent-of-equity sizing.
+
+        A finite number above zero, or :class:`BrokerError`: sizing never guesses it.
+        """

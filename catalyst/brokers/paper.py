@@ -93,6 +93,21 @@ class PaperBroker:
             self._ensure_account(s)
             return s.get(PaperAccount, 1).cash
 
+    def equity(self) -> float:
+        """Cash plus every paper position at its current market price."""
+        now = self.clock.now()
+        with session_scope(self.db_url) as s:
+            self._ensure_account(s)
+            cash = s.get(PaperAccount, 1).cash
+            held = [(p.symbol, p.qty) for p in s.scalars(select(PaperPosition).where(PaperPosition.qty > 1e-9))]
+        total = cash
+        for symbol, qty in held:
+            quote = self.market_data.quote(symbol, now)
+            if quote is None:
+                raise BrokerError(f"paper broker: no price for {symbol}: equity unknown")
+            total += qty * quote.price
+        return total
+
     # -- internals ---------------------------------------------------------------
     def _ensure_account(self, s) -> None:
         """Create the account row once; concurrent first entries never collide on it."""

@@ -37,6 +37,8 @@ class Security(Base):
     symbol: Mapped[str] = mapped_column(String(16), unique=True)
     name: Mapped[str | None] = mapped_column(String(200))
     exchange: Mapped[str | None] = mapped_column(String(16))
+    # From the configured sector map (there is no free sector feed); the per-sector exposure limit reads it.
+    sector: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
 
 
@@ -121,6 +123,8 @@ class Order(Base):
     # An entry's bracket as requested, so a retry resumes the same intent without re-deciding it.
     stop_loss_price: Mapped[float | None] = mapped_column(Float)
     take_profit_price: Mapped[float | None] = mapped_column(Float)
+    # An entry's price when it was admitted: what the risk checks value it at while it is in flight.
+    reference_price: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(20), default="pending_submit")
     filled_qty: Mapped[float] = mapped_column(Float, default=0.0)
     filled_avg_price: Mapped[float | None] = mapped_column(Float)
