@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -118,6 +120,28 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def race(n: int, fn):
+    """Run ``fn(i)`` for i in range(n) on n threads released together; results (or exceptions) in order."""
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        barrier.wait()
+        try:
+            return fn(i)
+        except Exception as exc:  # noqa: BLE001 - the test inspects what each thread met
+            return exc
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def rows(model, *where):
+    """Every row of ``model`` matching ``where`` (a fresh session, detached)."""
+    from sqlalchemy import select
+
+    return query(lambda s: s.scalars(select(model).where(*where)).all())
 
 
 def query(fn):

@@ -7,8 +7,6 @@ with real threads released together by a barrier.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -25,7 +23,7 @@ from catalyst.entries import EntryRefused, open_position
 from catalyst.orders import OrderPending
 from catalyst.positions import execute_exit
 from catalyst.runtime import get_runtime
-from tests.support import environment, query, write_replay_csv
+from tests.support import environment, query, race, rows, write_replay_csv
 
 pytestmark = pytest.mark.postgres
 
@@ -49,25 +47,6 @@ def market(pg_url, tmp_path):
                             **extra})
 
     return _enter
-
-
-def race(n: int, fn):
-    """Run ``fn(i)`` for i in range(n) on n threads released together; results (or exceptions) in order."""
-    barrier = threading.Barrier(n)
-
-    def run(i):
-        barrier.wait()
-        try:
-            return fn(i)
-        except Exception as exc:  # noqa: BLE001 - the test inspects what each thread met
-            return exc
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(run, range(n)))
-
-
-def rows(model, *where):
-    return query(lambda s: s.scalars(select(model).where(*where)).all())
 
 
 def paper_qty(symbol: str) -> float:

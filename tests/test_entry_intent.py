@@ -14,7 +14,6 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
-from sqlalchemy import select
 
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Decision, Order, PaperOrder, PaperPosition, Position, ScanResult, Security
@@ -23,7 +22,7 @@ from catalyst.core.domain import BadInput
 from catalyst.entries import open_position
 from catalyst.positions import execute_exit
 from catalyst.runtime import get_runtime
-from tests.support import environment, query, write_replay_csv
+from tests.support import environment, rows, write_replay_csv
 
 pytestmark = pytest.mark.postgres
 
@@ -41,10 +40,6 @@ def market(pg_url, tmp_path):
                       "CATALYST_MARKET_DATA": "replay:" + ",".join(paths),
                       "CATALYST_CLOCK": f"sim:{(SESSION_OPEN + timedelta(minutes=5)).isoformat()}@1"}):
         yield pg_url
-
-
-def rows(model, *where):
-    return query(lambda s: s.scalars(select(model).where(*where)).all())
 
 
 def broker_holdings() -> dict[str, float]:

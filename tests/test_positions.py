@@ -36,7 +36,7 @@ from catalyst.monitor import check_position
 from catalyst.entries import open_position
 from catalyst.positions import UnknownPosition, execute_exit, exit_client_order_id, request_exit
 from catalyst.runtime import get_runtime
-from tests.support import environment, query, write_replay_csv
+from tests.support import environment, query, rows, write_replay_csv
 
 pytestmark = pytest.mark.postgres
 
@@ -77,10 +77,6 @@ def at(pg_url, csv, tmp_path):
 
 def counts() -> dict[str, int]:
     return query(lambda s: {name: s.scalar(select(func.count()).select_from(model)) for name, model in TABLES.items()})
-
-
-def rows(model, *where):
-    return query(lambda s: s.scalars(select(model).where(*where)).all())
 
 
 def open_test_position(client_order_id: str = "entry-test-1", **kw) -> Position:
