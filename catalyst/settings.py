@@ -134,6 +134,43 @@ class Settings(BaseSettings):
     atr_stop_multiple: float | None = Field(default=None, gt=0, validation_alias="CATALYST_ATR_STOP_MULTIPLE")
     atr_target_multiple: float | None = Field(default=None, gt=0, validation_alias="CATALYST_ATR_TARGET_MULTIPLE")
 
+    # --- funnel (issue 9): universe -> filters -> technicals -> patterns -> news -> risk -> top N ---
+    watchlist: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="CATALYST_WATCHLIST")
+    scan_universe_size: int = Field(default=100, gt=0, validation_alias="CATALYST_SCAN_UNIVERSE_SIZE")
+    scan_min_price: float = Field(default=5.0, gt=0, validation_alias="CATALYST_SCAN_MIN_PRICE")
+    scan_max_price: float = Field(default=1000.0, gt=0, validation_alias="CATALYST_SCAN_MAX_PRICE")
+    scan_min_dollar_volume: float = Field(default=1_000_000.0, ge=0, validation_alias="CATALYST_SCAN_MIN_DOLLAR_VOLUME")
+    scan_min_relative_volume: float = Field(default=1.0, ge=0, validation_alias="CATALYST_SCAN_MIN_RELATIVE_VOLUME")
+    scan_min_gap_pct: float = Field(default=0.0, validation_alias="CATALYST_SCAN_MIN_GAP_PCT")
+    scan_max_gap_pct: float = Field(default=25.0, gt=0, validation_alias="CATALYST_SCAN_MAX_GAP_PCT")
+    premarket_scan_minutes: float = Field(default=30.0, gt=0, le=330, validation_alias="CATALYST_PREMARKET_SCAN_MINUTES")
+    news_max_age_hours: float = Field(default=24.0, gt=0, validation_alias="CATALYST_NEWS_MAX_AGE_HOURS")
+    # --- end funnel ---
+
+    # --- entry review (issue 9): Claude reviews the final candidates under the advisor's budget ---
+    entry_review: bool = Field(default=False, validation_alias="CATALYST_ENTRY_REVIEW")
+    entry_review_min_confidence: float = Field(default=0.6, ge=0, le=1, validation_alias="CATALYST_ENTRY_REVIEW_MIN_CONFIDENCE")
+    # --- end entry review ---
+
+    # --- risk monitor (issue 9) ---
+    risk_check_interval: float = Field(default=60.0, gt=0, validation_alias="CATALYST_RISK_CHECK_INTERVAL")
+    # strategy (the entry's reason: momentum, opening_range_breakout, ...) -> max hold in minutes
+    max_hold_minutes_by_strategy: dict[str, float] = Field(default_factory=dict,
+                                                           validation_alias="CATALYST_MAX_HOLD_MINUTES")
+    # --- end risk monitor ---
+
+    # --- notifications (issue 9): log + agent_logs always; webhook and/or SMTP when configured ---
+    webhook_url: str | None = Field(default=None, validation_alias="CATALYST_WEBHOOK_URL", repr=False)
+    smtp_host: str | None = Field(default=None, validation_alias="SMTP_HOST")
+    smtp_port: int = Field(default=587, gt=0, lt=65536, validation_alias="SMTP_PORT")
+    smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME", repr=False)
+    smtp_password: str | None = Field(default=None, validation_alias="SMTP_PASSWORD", repr=False)
+    alert_email_from: str | None = Field(default=None, validation_alias="ALERT_EMAIL_FROM")
+    alert_email_to: str | None = Field(default=None, validation_alias="ALERT_EMAIL_TO")
+    notify_timeout: float = Field(default=5.0, gt=0, le=30, validation_alias="CATALYST_NOTIFY_TIMEOUT")
+    notify_max_retries: int = Field(default=3, ge=0, le=10, validation_alias="CATALYST_NOTIFY_MAX_RETRIES")
+    # --- end notifications ---
+
     # Process plumbing.
     heartbeat_interval: float = Field(default=10.0, gt=0, validation_alias="CATALYST_HEARTBEAT_INTERVAL")
     beat_lease_seconds: float = Field(default=20.0, gt=0, validation_alias="CATALYST_BEAT_LEASE_SECONDS")

@@ -49,6 +49,8 @@ class TradingCycle(Base):
     market: Mapped[str] = mapped_column(String(8))
     status: Mapped[str] = mapped_column(String(20), default="scanning")
     candidates: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16), default="session")  # premarket | session
+    funnel: Mapped[dict[str, Any]] = mapped_column(default=dict)  # survivors per stage, in funnel order
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
 
@@ -60,7 +62,12 @@ class ScanResult(Base):
     cycle_id: Mapped[int] = mapped_column(ForeignKey("trading_cycles.id"))
     security_id: Mapped[int] = mapped_column(ForeignKey("securities.id"))
     symbol: Mapped[str] = mapped_column(String(16))
-    rank: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int | None] = mapped_column(Integer)  # in the final selection; None when it fell out earlier
+    # The last funnel stage this symbol passed (universe, filters, technicals, patterns, news, risk,
+    # selected), why it went no further, and the numbers behind every stage's verdict.
+    stage: Mapped[str] = mapped_column(String(16), default="selected")
+    rejected_reason: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     score: Mapped[float] = mapped_column(Float)
     price: Mapped[float] = mapped_column(Float)
     change_pct: Mapped[float] = mapped_column(Float)
@@ -223,6 +230,10 @@ class ScheduleEntry(Base):
     queue: Mapped[str] = mapped_column(String(32))
     args: Mapped[list[Any]] = mapped_column(default=list)
     interval_seconds: Mapped[float] = mapped_column(Float)
+    # session: every interval_seconds on the session's grid; open/close: once a session, offset_seconds
+    # from its open or close (a negative offset before the open is the pre-market scan).
+    anchor: Mapped[str] = mapped_column(String(16), default="session")
+    offset_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     next_run_at: Mapped[datetime | None]
     last_slot_at: Mapped[datetime | None]
     last_sent_at: Mapped[datetime | None]
@@ -307,3 +318,23 @@ class AdvisorCycle(Base):
     __tablename__ = "advisor_cycles"
     slot_at: Mapped[datetime] = mapped_column(primary_key=True)
     consults: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Notification(Base):
+    """An alert for the operator: always logged; delivered to the webhook and/or e-mail when configured."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_created_at", "created_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))  # daily_loss_warning, emergency_stop, position_closed, ...
+    severity: Mapped[str] = mapped_column(String(10))  # info | warning | critical
+    title: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)  # one alert per fact, however often raised
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed | logged
+    deliveries: Mapped[dict[str, Any]] = mapped_column(default=dict)  # channel -> {status, error, at}
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    occurred_at: Mapped[datetime]  # market (possibly simulated) time
+    created_at: Mapped[datetime]  # wall time
+    sent_at: Mapped[datetime | None]
