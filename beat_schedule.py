@@ -1,7 +1,8 @@
 """The schedule Catalyst wants, derived from settings and the open positions in the database.
 
-Static entries come from settings; there is one ``monitor-position-<id>`` entry for every
-position that is open or closing. Because it is derived from PostgreSQL on every tick,
+Static entries come from settings: a pre-market scan before each open, scans, the watchdog and
+the risk monitor on the session grid, and the day's summary after each close. There is one
+``monitor-position-<id>`` entry for every position that is open or closing. Because it is derived from PostgreSQL on every tick,
 flushing Redis or restarting beat loses nothing.
 """
 
@@ -25,11 +26,22 @@ class WantedEntry:
     queue: str
     args: tuple
     interval_seconds: float
+    anchor: str = "session"  # session: every interval on the session grid; open/close: once a session
+    offset_seconds: float = 0.0  # from the open or close (negative: before it)
+
+
+DAY = 86400.0
+SUMMARY_AFTER_CLOSE = 300.0  # the day's summary once the near-close exits have settled
 
 
 def static_entries(settings: Settings) -> list[WantedEntry]:
-    return [WantedEntry("scan-market", "catalyst.scan_market", "scan", (), settings.scan_interval),
-            WantedEntry(RECONCILE_ENTRY, "catalyst.reconcile", "maintenance", (), settings.reconcile_interval)]
+    return [WantedEntry("premarket-scan", "catalyst.scan_market", "scan", (), DAY, "open",
+                        -settings.premarket_scan_minutes * 60.0),
+            WantedEntry("scan-market", "catalyst.scan_market", "scan", (), settings.scan_interval),
+            WantedEntry(RECONCILE_ENTRY, "catalyst.reconcile", "maintenance", (), settings.reconcile_interval),
+            WantedEntry("check-risk", "catalyst.check_risk", "maintenance", (), settings.risk_check_interval),
+            WantedEntry("daily-summary", "catalyst.daily_summary", "maintenance", (), DAY, "close",
+                        SUMMARY_AFTER_CLOSE)]
 
 
 def monitor_entry(position_id: int, settings: Settings) -> WantedEntry:

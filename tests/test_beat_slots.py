@@ -225,13 +225,47 @@ def test_the_watchdog_is_sent_before_any_check_at_the_first_slot_of_a_session(cl
     sent.real = lambda name, *a, **kw: (order.append(kw["headers"]["catalyst_entry"]), real(name, *a, **kw))[1]
     try:
         beat.tick()
-        assert order == []
+        assert order == ["premarket-scan"], "before the open only the pre-market scan is due"
         clock.set(at(9, 30))
         beat.tick()
     finally:
         beat.close()
-    assert order[0] == "reconcile"
-    assert set(order[1:]) == {"scan-market", *(f"monitor-position-{i}" for i in ids)}
+    assert order[1] == "reconcile"
+    assert set(order[2:]) == {"scan-market", "check-risk", *(f"monitor-position-{i}" for i in ids)}
+
+
+def test_the_premarket_scan_goes_out_once_before_each_open_and_never_after_it(clock, app, redis_url):
+    beat = CatalystScheduler(app=app)
+    try:
+        for day, (hour, minute) in [(0, (8, 30)), (0, (8, 59)), (0, (9, 0)), (0, (9, 10)), (0, (9, 29)),
+                                    (1, (9, 5)), (1, (9, 6)), (2, (9, 45))]:
+            clock.set(at(hour, minute) + timedelta(days=day))
+            beat.tick()
+            beat.tick()
+    finally:
+        beat.close()
+    premarket = {slot for entry_name, slot in sent_slots(redis_url, "scan") if entry_name == "premarket-scan"}
+    # Tuesday's at 09:00 (30 min before the open); Wednesday's sent late (09:05, within the grace); Thursday's
+    # beat only woke after the open: a pre-market scan is never sent into the session.
+    assert sorted(premarket) == [at(9, 0).isoformat(), (at(9, 0) + timedelta(days=1)).isoformat()]
+    assert sum(n for (e, _), n in sent_slots(redis_url, "scan").items() if e == "premarket-scan") == 2
+
+
+def test_the_daily_summary_goes_out_once_after_each_close_including_an_early_close(clock, app, redis_url):
+    black_friday = datetime(2025, 11, 28, 13, 0, tzinfo=EST).astimezone(UTC)  # NYSE closes at 13:00
+    beat = CatalystScheduler(app=app)
+    try:
+        for when in (black_friday - timedelta(minutes=1), black_friday + timedelta(minutes=5),
+                     black_friday + timedelta(minutes=6), black_friday + timedelta(hours=3),
+                     black_friday + timedelta(days=3, hours=3, minutes=5)):  # Monday 16:05
+            clock.set(when)
+            beat.tick()
+            beat.tick()
+    finally:
+        beat.close()
+    summaries = sorted(slot for (e, slot) in sent_slots(redis_url, "maintenance") if e == "daily-summary")
+    assert summaries == [(black_friday + timedelta(minutes=5)).isoformat(),
+                         (black_friday + timedelta(days=3, hours=3, minutes=5)).isoformat()]
 
 
 def set_connections(pg_url: str, allowed: bool) -> None:

@@ -494,3 +494,44 @@ def test_next_slot_property(market, after, seconds, strict):
             assert slot == grid
         else:
             assert slot > grid
+
+
+# -- once-a-session times: the pre-market scan and the daily summary ---------------------------------
+PREMARKET = -timedelta(minutes=30)
+GRACE = timedelta(minutes=30)
+
+
+def ny_at(day: str, hh: int, mm: int) -> datetime:
+    return datetime.combine(date.fromisoformat(day), time(hh, mm), NY).astimezone(UTC)
+
+
+@pytest.mark.parametrize("after, expected", [
+    (ny_at("2025-03-07", 9, 1), ny_at("2025-03-10", 9, 0)),   # Friday's has gone: Monday's, after the DST change
+    (ny_at("2025-12-24", 8, 0), ny_at("2025-12-24", 9, 0)),   # an early close still opens at 09:30
+    (ny_at("2025-12-24", 9, 0), ny_at("2025-12-26", 9, 0)),   # strictly later: Christmas is skipped
+    (ny_at("2025-01-17", 10, 0), ny_at("2025-01-21", 9, 0)),  # Martin Luther King Jr. Day
+])
+def test_the_premarket_time_is_half_an_hour_before_each_open_in_new_york_time(after, expected):
+    assert us().next_anchored(after, "open", PREMARKET) == expected
+
+
+def test_the_close_anchor_follows_early_closes():
+    assert us().next_anchored(ny_at("2025-11-28", 9, 0), "close", timedelta(minutes=5)) == ny_at("2025-11-28", 13, 5)
+
+
+def test_a_missed_premarket_time_is_sent_late_only_before_the_open():
+    cal = us()
+    assert cal.latest_anchored(ny_at("2025-03-04", 9, 20), "open", PREMARKET, GRACE) == ny_at("2025-03-04", 9, 0)
+    assert cal.latest_anchored(ny_at("2025-03-04", 9, 30), "open", PREMARKET, GRACE) is None  # the session is open
+    assert cal.latest_anchored(ny_at("2025-03-04", 8, 59), "open", PREMARKET, GRACE) is None  # Monday's is long gone
+
+
+def test_a_missed_close_time_is_skipped_after_the_grace():
+    cal = us()
+    assert cal.latest_anchored(ny_at("2025-03-04", 16, 30), "close", timedelta(minutes=5), GRACE) == ny_at("2025-03-04", 16, 5)
+    assert cal.latest_anchored(ny_at("2025-03-04", 16, 36), "close", timedelta(minutes=5), GRACE) is None
+
+
+def test_an_unknown_anchor_is_refused():
+    with pytest.raises(BadInput, match="anchor"):
+        us().next_anchored(ny_at("2025-03-04", 9, 0), "noon", timedelta(0))

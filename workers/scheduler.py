@@ -38,6 +38,7 @@ from catalyst.runtime import get_runtime
 from workers.heartbeat import beat_heart
 from workers.signals import check_startup
 
+ANCHORED_GRACE = timedelta(minutes=30)
 log = structlog.get_logger("catalyst.beat")
 LEASE = "beat"
 MIN_SLEEP = 0.02
@@ -64,6 +65,33 @@ class Claim:
     slot: datetime
     previous_slot: datetime | None
     previous_sent_at: datetime | None
+
+
+def _first_run(cal, w: beat_schedule.WantedEntry, now: datetime) -> datetime:
+    """When a new entry first runs: its next slot, or an anchored time that has just passed."""
+    if w.anchor == "session":
+        return cal.next_slot(now, timedelta(seconds=w.interval_seconds), strict=False)
+    offset = timedelta(seconds=w.offset_seconds)
+    return (cal.latest_anchored(now, w.anchor, offset, ANCHORED_GRACE)
+            or cal.next_anchored(now, w.anchor, offset, strict=False))
+
+
+def _due_slot(cal, row: ScheduleEntry, now: datetime) -> tuple[datetime | None, datetime]:
+    """(the slot to send now, or None if it was missed; the entry's following slot).
+
+    Beat away for longer than a slot skips to the current slot instead of replaying history; a
+    once-a-session time is still sent up to ``ANCHORED_GRACE`` late (a pre-market scan only
+    before the open).
+    """
+    if row.anchor == "session":
+        interval = timedelta(seconds=row.interval_seconds)
+        slot = row.next_run_at
+        if now - slot > interval:
+            slot = cal.latest_slot(now, interval)
+        return slot, cal.next_slot(max(now, slot) if slot else now, interval)
+    offset = timedelta(seconds=row.offset_seconds)
+    slot = cal.latest_anchored(now, row.anchor, offset, ANCHORED_GRACE)
+    return slot, cal.next_anchored(max(now, slot) if slot else now, row.anchor, offset)
 
 
 class CatalystScheduler(Scheduler):
@@ -191,26 +219,23 @@ class CatalystScheduler(Scheduler):
             for name, w in wanted.items():
                 row = rows.get(name)
                 if row is None:
-                    first = cal.next_slot(now, timedelta(seconds=w.interval_seconds), strict=False)
+                    first = _first_run(cal, w, now)
                     row = ScheduleEntry(name=name, task=w.task, queue=w.queue, args=list(w.args),
-                                        interval_seconds=w.interval_seconds, next_run_at=first, total_sent=0,
+                                        interval_seconds=w.interval_seconds, anchor=w.anchor,
+                                        offset_seconds=w.offset_seconds, next_run_at=first, total_sent=0,
                                         updated_at=datetime.now(UTC))
                     s.add(row)
                     log.info("schedule_entry_added", entry=name, first_run_at=first.isoformat())
-                elif row.interval_seconds != w.interval_seconds:
-                    row.interval_seconds = w.interval_seconds
-                    row.next_run_at = cal.next_slot(now, timedelta(seconds=w.interval_seconds), strict=False)
+                elif (row.interval_seconds, row.anchor, row.offset_seconds) != (
+                        w.interval_seconds, w.anchor, w.offset_seconds):
+                    row.interval_seconds, row.anchor, row.offset_seconds = w.interval_seconds, w.anchor, w.offset_seconds
+                    row.next_run_at = _first_run(cal, w, now)
             return [r for name, r in rows.items() if name in wanted] + [
                 r for r in s.new if isinstance(r, ScheduleEntry)]
 
     def _fire(self, row: ScheduleEntry, now: datetime) -> bool | None:
         """Claim and send ``row``'s due slot: True when sent, False when the send failed (released), else None."""
-        cal = self.rt.calendar
-        interval = timedelta(seconds=row.interval_seconds)
-        slot = row.next_run_at
-        if now - slot > interval:  # beat was away: skip to the current slot instead of replaying history
-            slot = cal.latest_slot(now, interval)
-        following = cal.next_slot(max(now, slot) if slot else now, interval)
+        slot, following = _due_slot(self.rt.calendar, row, now)
         row.next_run_at = following  # what the sleep below plans with (the next tick re-reads the table)
         fence = leases.fence_clause(LEASE, self.holder, self.token)
         if slot is None:

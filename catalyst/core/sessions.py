@@ -127,6 +127,44 @@ class SessionCalendar:
         return slot
 
 
+    # -- anchored times (once a session: the pre-market scan, the daily summary) --------------------
+    def anchored(self, session: Session, anchor: str, offset: timedelta) -> datetime:
+        """``offset`` from ``session``'s open or close (``anchor`` is "open" or "close")."""
+        if anchor not in ("open", "close"):
+            raise BadInput(f"a schedule anchor is 'open' or 'close', not {anchor!r}")
+        return (session.open if anchor == "open" else session.close) + offset
+
+    def next_anchored(self, after: datetime, anchor: str, offset: timedelta, *, strict: bool = True) -> datetime:
+        """The first anchored time later than ``after`` (or equal, if not strict)."""
+        ts = require_aware(after).astimezone(UTC)
+        for session in self._sessions_from(ts - abs(offset) - timedelta(days=1)):
+            when = self.anchored(session, anchor, offset)
+            if when > ts or (not strict and when == ts):
+                return when
+        raise BadInput(f"no session after {after.isoformat()} in the {self.code} calendar")
+
+    def latest_anchored(self, at: datetime, anchor: str, offset: timedelta, grace: timedelta) -> datetime | None:
+        """The anchored time at or before ``at`` if it is at most ``grace`` old (a missed one is skipped,
+        not replayed); one before the open is never sent once the session has opened."""
+        ts = require_aware(at).astimezone(UTC)
+        latest = None
+        for session in self._sessions_from(ts - abs(offset) - timedelta(days=5)):
+            when = self.anchored(session, anchor, offset)
+            if when > ts:
+                break
+            latest = (when, session)
+        if latest is None or ts - latest[0] > grace:
+            return None
+        when, session = latest
+        if anchor == "open" and offset < timedelta(0) and ts >= session.open:
+            return None
+        return when
+
+    def _sessions_from(self, ts: datetime):
+        index = max(bisect.bisect_left(self._opens, ts), 0)
+        return iter(self.sessions[index:])
+
+
 def _first_grid_point(session: Session, ts: datetime, interval: timedelta, strict: bool) -> datetime:
     if ts < session.open:
         return session.open
