@@ -48,10 +48,15 @@ class Runtime:
 
 def build_market_data(settings: Settings, calendar: SessionCalendar) -> MarketData:
     spec = settings.market_data
-    if spec == "synthetic":
+    if spec in ("synthetic", "synthetic:crash"):
         from catalyst.marketdata.synthetic import SyntheticMarketData
 
-        return SyntheticMarketData()
+        market = SyntheticMarketData()
+        if spec == "synthetic:crash":  # the demo's crash scenario: a market-wide slide, then a flash crash
+            from catalyst.marketdata.crash import CrashMarketData
+
+            return CrashMarketData(market, calendar)
+        return market
     if spec.startswith("replay:"):
         from catalyst.marketdata.replay import ReplayMarketData
 
@@ -69,7 +74,7 @@ def build_market_data(settings: Settings, calendar: SessionCalendar) -> MarketDa
                                 timeout=settings.alpaca_timeout, bucket=alpaca_bucket(settings), cache=cache,
                                 cycle_seconds=settings.monitor_check_interval, watchlist=_watched_symbols,
                                 calendar=calendar)
-    raise BadInput(f"CATALYST_MARKET_DATA={spec!r} is not one of synthetic, replay:<csv path>, alpaca")
+    raise BadInput(f"CATALYST_MARKET_DATA={spec!r} is not one of synthetic, synthetic:crash, replay:<csv path>, alpaca")
 
 
 _buckets: dict = {}
