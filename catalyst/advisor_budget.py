@@ -11,10 +11,17 @@ A consult first *reserves* its worst-case cost, then *settles*: the reservation 
 and the real cost (from the API's reported usage) is added to ``spent_usd``. A process that
 dies in between leaves its reservation in place for the rest of that day, erring on the side
 of spending less.
+
+The consult cap has one counter per gate: the exit advisor's is its monitor slot
+(``advisor_cycles``), an entry review's is its trading cycle (:class:`EntryGate`,
+``entry_review_consults``). Entry reviews and exit
+consults are counted apart, so a scan can never use up the consults a position's exit needs;
+they share the daily USD budget.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import case, select, update
@@ -22,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from catalyst.db.engine import session_scope
-from catalyst.db.models import AdvisorCycle, AdvisorUsage
+from catalyst.db.models import AdvisorCycle, AdvisorUsage, EntryReviewConsults
 
 _EPSILON = 1e-9  # float slack so that reserving exactly the remaining budget is allowed
 
@@ -44,16 +51,33 @@ def _ensure_day(session: Session, day: str) -> None:
                    updated_at=datetime.now(UTC))
 
 
-def grant_consult(slot_at: datetime, limit: int, url: str | None = None) -> bool:
-    """Take one of the ``limit`` consults of monitor cycle ``slot_at``; False once they are gone."""
+@dataclass(frozen=True)
+class EntryGate:
+    """The consult cap of one trading cycle's entry reviews."""
+
+    cycle_id: int
+
+
+def entry_review_gate(cycle_id: int) -> EntryGate:
+    """The consult-cap gate of trading cycle ``cycle_id``'s entry reviews (apart from every monitor slot)."""
+    if cycle_id < 0:
+        raise ValueError("a trading cycle id cannot be negative")
+    return EntryGate(cycle_id)
+
+
+def grant_consult(gate: datetime | EntryGate, limit: int, url: str | None = None) -> bool:
+    """Take one of the ``limit`` consults of ``gate`` (a monitor slot or an :class:`EntryGate`);
+    False once they are gone."""
     if limit <= 0:
         return False
+    if isinstance(gate, EntryGate):
+        model, key, value = EntryReviewConsults, EntryReviewConsults.cycle_id, gate.cycle_id
+    else:
+        model, key, value = AdvisorCycle, AdvisorCycle.slot_at, gate
     with session_scope(url) as s:
-        _insert_ignore(s, AdvisorCycle, slot_at=slot_at, consults=0)
+        _insert_ignore(s, model, **{key.key: value, "consults": 0})
         granted = s.execute(
-            update(AdvisorCycle)
-            .where(AdvisorCycle.slot_at == slot_at, AdvisorCycle.consults < limit)
-            .values(consults=AdvisorCycle.consults + 1)
+            update(model).where(key == value, model.consults < limit).values(consults=model.consults + 1)
         ).rowcount
     return granted == 1
 

@@ -110,6 +110,14 @@ def test_an_exit_answer_is_advice_with_tokens_cost_and_latency(db, fake_anthropi
     assert KEY not in json.dumps(body)
 
 
+def test_the_exit_tool_is_already_in_the_form_strict_mode_accepts():
+    from anthropic.lib._parse._transform import transform_schema
+
+    from catalyst.advisor import TOOL
+
+    assert transform_schema(TOOL["input_schema"]) == TOOL["input_schema"]
+
+
 def test_a_hold_answer_is_advice_not_to_exit(db, fake_anthropic):
     fake_anthropic.script("hold")
     advice = make_advisor(fake_anthropic).advise(request())

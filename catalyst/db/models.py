@@ -320,6 +320,14 @@ class AdvisorCycle(Base):
     consults: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class EntryReviewConsults(Base):
+    """Entry-review consults granted per trading cycle, counted apart from the monitor's slots."""
+
+    __tablename__ = "entry_review_consults"
+    cycle_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    consults: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Notification(Base):
     """An alert for the operator: always logged; delivered to the webhook and/or e-mail when configured."""
 

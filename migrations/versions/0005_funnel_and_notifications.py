@@ -1,5 +1,6 @@
 """the candidate funnel and notifications: every scanned symbol keeps the stage it reached and its
-evidence; every alert keeps what was said and where it was delivered
+evidence; every alert keeps what was said and where it was delivered; entry reviews count their
+consults per trading cycle, apart from the monitor's
 
 Revision ID: 0005
 Revises: 0004
@@ -31,6 +32,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column('anchor', sa.String(length=16), nullable=False, server_default='session'))
         batch.add_column(sa.Column('offset_seconds', sa.Float(), nullable=False, server_default='0'))
     op.create_table(
+        'entry_review_consults',
+        sa.Column('cycle_id', sa.Integer(), nullable=False),
+        sa.Column('consults', sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint('cycle_id'),
+    )
+    op.create_table(
         'notifications',
         sa.Column('id', sa.Integer(), nullable=False),
         sa.Column('event', sa.String(length=64), nullable=False),
@@ -54,6 +61,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('ix_notifications_created_at', table_name='notifications')
     op.drop_table('notifications')
+    op.drop_table('entry_review_consults')
     with op.batch_alter_table('schedule_entries') as batch:
         batch.drop_column('offset_seconds')
         batch.drop_column('anchor')
