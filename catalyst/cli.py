@@ -10,7 +10,7 @@ import click
 from sqlalchemy import select
 
 from catalyst.db.engine import NotMigrated, ensure_migrated, session_scope, upgrade
-from catalyst.db.models import Position, PositionMonitorStatus, ScheduleEntry, ServiceHealth, TradingState
+from catalyst.db.models import Position, PositionMonitorStatus, ScheduleEntry, ServiceHealth
 from catalyst.core.domain import CatalystError
 from catalyst.reports import position_dict, table
 from catalyst.settings import get_settings
@@ -87,13 +87,15 @@ def status(as_json: bool) -> None:
         open_count = len(s.scalars(select(Position.id).where(Position.status != "closed")).all())
         refused = s.scalars(select(Position).where(Position.status == "closing",
                                                    Position.exit_blocked_until.is_not(None))).all()
-        halted = s.get(TradingState, "halted")
+    from catalyst.guard import status_view
+
+    trading = status_view(rt)
     session = rt.calendar.next_session(now)
     data = {
         "clock": now.isoformat(), "clock_spec": rt.settings.clock, "market": rt.settings.market,
         "market_open": rt.calendar.is_open(now), "next_or_current_session": {
             "open": session.open.isoformat(), "close": session.close.isoformat()},
-        "halted": bool(halted and halted.value.get("halted")), "open_positions": open_count,
+        "halted": trading["state"] == "HALTED", "trading": trading, "open_positions": open_count,
         "exits_refused": [{"position_id": p.id, "symbol": p.symbol, "reason": p.exit_blocked_reason,
                            "retry_at": p.exit_blocked_until.isoformat()} for p in refused],
         "broker": rt.settings.broker, "market_data": rt.market_data.name,
@@ -112,8 +114,9 @@ def status(as_json: bool) -> None:
         f"clock     {now.astimezone(tz):%Y-%m-%d %H:%M:%S %Z} ({rt.settings.clock})",
         f"market    {rt.settings.market} {'OPEN' if data['market_open'] else 'closed'}; "
         f"session {session.open.astimezone(tz):%Y-%m-%d %H:%M}-{session.close.astimezone(tz):%H:%M}",
-        f"trading   {'HALTED' if data['halted'] else 'active'}; broker {rt.settings.broker}; "
-        f"data {rt.market_data.name}; open positions {open_count}",
+        f"trading   {_trading_line(trading)}",
+        f"today     {_pnl_line(trading['daily_pnl'])}",
+        f"broker    {rt.settings.broker}; data {rt.market_data.name}; open positions {open_count}",
         *[f"EXIT REFUSED  position {r['position_id']} {r['symbol']}: {r['reason']} (stop in place; retry "
           f"{r['retry_at']})" for r in data["exits_refused"]],
         "",
@@ -126,6 +129,18 @@ def status(as_json: bool) -> None:
               "lllr"),
     ])
     _emit(data, as_json, text)
+
+
+def _trading_line(t: dict) -> str:
+    if t["state"] == "ACTIVE":
+        return "ACTIVE" + (f" (resumed by {t['resumed_by']} at {t['resumed_at']})" if t.get("resumed_by") else "")
+    closing = "; closing every position" if t["closing_positions"] else ""
+    return f"{t['state']}: {t['reason']} (by {t['by']} at {t['at']}){closing}"
+
+
+def _pnl_line(p: dict) -> str:
+    return (f"P&L {p['total']:+,.2f} (realized {p['realized']:+,.2f}, unrealized {p['unrealized']:+,.2f}) "
+            f"= {p['used_pct']:.0f}% of the {p['limit']:,.2f} daily loss limit (warning at {p['warning_at']:,.2f})")
 
 
 def _liveness(h: ServiceHealth, wall: datetime, settings) -> str:
@@ -241,32 +256,74 @@ def close_cmd(position_id: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--reason", required=True, help="Why trading is halted (recorded).")
-def halt(reason: str) -> None:
-    """Stop opening new positions (open ones stay monitored)."""
-    _set_halt(True, reason)
-    click.echo(f"trading halted: {reason}")
+@click.option("--reason", required=True, help="Why trading is halted (recorded with who and when).")
+@click.option("--keep-positions", is_flag=True,
+              help="Only halt entries (and cancel open entry orders); open positions stay monitored.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def halt(reason: str, keep_positions: bool, as_json: bool) -> None:
+    """Emergency stop: halt entries, cancel open entry orders and close every position (emergency_stop)."""
+    if not reason.strip():
+        raise click.BadParameter("say why trading is halted", param_hint="--reason")
+    rt = _runtime()
+    from catalyst.guard import halt as halt_trading, operator
+
+    by = operator()
+    report = halt_trading(rt, reason=reason.strip(), by=by, close_positions=not keep_positions,
+                          dispatch=_exit_in_process)
+    with session_scope() as s:
+        touched = {p.id: position_dict(p) for p in s.scalars(select(Position).where(
+            Position.id.in_(report.closing + report.already_closing)).order_by(Position.id))}
+    data = {"state": "HALTED", "by": by, "reason": reason.strip(), "close_positions": not keep_positions,
+            **report.as_dict(), "positions": list(touched.values())}
+    lines = [f"trading HALTED by {by}: {reason.strip()}",
+             f"entry orders cancelled: {len(report.cancelled)}" + (f" ({', '.join(report.cancelled)})"
+                                                                   if report.cancelled else "")]
+    if report.filled_first:
+        lines.append(f"entries that filled before their cancel (now positions, closed): {', '.join(report.filled_first)}")
+    if report.unresolved:
+        lines.append(f"entries the broker has not settled yet (the risk monitor retries): {', '.join(report.unresolved)}")
+    if keep_positions:
+        lines.append("positions kept (still monitored): " + (", ".join(
+            f"{p['id']} {p['symbol']}" for p in touched.values()) or "none"))
+    else:
+        lines.append(f"positions closing (emergency_stop): {len(report.closing)}")
+        lines += [f"  position {pid} {touched[pid]['symbol']}: {touched[pid]['status']}"
+                  + (f" at {touched[pid]['exit_price']:.2f}, P&L {touched[pid]['realized_pnl']:.2f}"
+                     if touched[pid]["status"] == "closed" else " (its exit is retried until it fills)")
+                  for pid in report.closing if pid in touched]
+        if report.already_closing:
+            lines.append("already closing (left to their exit): " + ", ".join(map(str, report.already_closing)))
+    lines.append("nothing enters until `catalyst resume --confirm`")
+    _emit(data, as_json, "\n".join(lines))
+
+
+def _exit_in_process(position_id: int) -> None:
+    """The operator waits for the exits: each runs here, through the same exit task the workers run."""
+    from tasks.monitoring import exit_position
+
+    exit_position.apply(args=[position_id])
 
 
 @main.command()
-def resume() -> None:
-    """Allow new positions again."""
-    _set_halt(False, None)
-    click.echo("trading resumed")
+@click.option("--confirm", is_flag=True, help="Required: the account has been checked and entries may start again.")
+def resume(confirm: bool) -> None:
+    """Lift HALTED (or REDUCING): entries are admitted again. Needs --confirm."""
+    rt = _runtime()
+    from catalyst.guard import operator, resume as resume_trading, status_view
 
-
-def _set_halt(halted: bool, reason: str | None) -> None:
-    _ready()
-    from catalyst.entries import lock_entry_gate
-
-    with session_scope() as s:
-        lock_entry_gate(s, datetime.now(UTC))  # ordered with entry admissions: none is admitted after this
-        row = s.get(TradingState, "halted")
-        value = {"halted": halted, "reason": reason}
-        if row is None:
-            s.add(TradingState(key="halted", value=value, updated_at=datetime.now(UTC)))
-        else:
-            row.value, row.updated_at = value, datetime.now(UTC)
+    if not confirm:
+        view = status_view(rt)
+        why = f" (by {view['by']}: {view['reason']})" if view["state"] != "ACTIVE" else ""
+        raise click.ClickException(f"not resumed: trading is {view['state']}{why}. Check the account and the "
+                                   "positions, then run `catalyst resume --confirm`; nothing was changed")
+    before, pnl = resume_trading(rt, by=operator())
+    if before.state.value == "ACTIVE":
+        click.echo("trading is already ACTIVE: nothing to resume")
+        return
+    click.echo(f"trading resumed (was {before.state.value}: {before.reason}; by {before.by})")
+    if pnl is not None and pnl.level.value != "ACTIVE":
+        click.echo(f"note: {pnl.describe()}; the risk monitor puts trading back into {pnl.level.value} at its next "
+                   "check unless max_daily_loss_usd is raised (or on the next market day)")
 
 
 @main.command("reconcile")

@@ -58,24 +58,27 @@ class EntryRefused(BadInput):
         self.refusals = refusals or (risk.Refusal(reason, message),)
 
 
-def is_halted(s) -> bool:
-    return trading_state(s)[0] is not risk.TradingState.ACTIVE
+def is_halted(s, today=None) -> bool:
+    return trading_state(s, today)[0] is not risk.TradingState.ACTIVE
 
 
-def trading_state(s) -> tuple[risk.TradingState, str | None]:
-    """The trading state and why, from the ``halted`` row of ``trading_state``.
+STATE_KEY = "halted"  # the trading_state row that holds the trading state (ACTIVE, REDUCING, HALTED)
 
-    ``{"halted": true}`` is HALTED; otherwise an optional ``"state"`` (``"REDUCING"``) names it;
-    anything else is ACTIVE. The one place that reads it: the risk monitor's states plug in here.
+
+def guard_state(s, today=None) -> risk.GuardState:
+    """The stored trading state, as it stands on market day ``today`` (REDUCING lifts on the next one)."""
+    row = s.get(TradingState, STATE_KEY)
+    return risk.GuardState.parse(row.value if row is not None else None).effective(today)
+
+
+def trading_state(s, today=None) -> tuple[risk.TradingState, str | None]:
+    """The trading state and why, from the ``halted`` row of ``trading_state`` (see :mod:`catalyst.guard`).
+
+    ``{"halted": true}`` is HALTED; otherwise ``"state": "REDUCING"`` names it, for its ``market_day``
+    only (without ``today`` it is taken as still in force); anything else is ACTIVE.
     """
-    row = s.get(TradingState, "halted")
-    value = row.value if row is not None and isinstance(row.value, dict) else {}
-    if value.get("halted"):
-        return risk.TradingState.HALTED, value.get("reason")
-    state = str(value.get("state") or "").upper()
-    if state in risk.TradingState.__members__ and state != "ACTIVE":
-        return risk.TradingState[state], value.get("reason")
-    return risk.TradingState.ACTIVE, None
+    state = guard_state(s, today)
+    return state.state, state.reason if state.state is not risk.TradingState.ACTIVE else None
 
 
 SECTOR_LENGTH = 64  # securities.sector: a longer name must not fail the write that records a filled entry
@@ -122,7 +125,7 @@ def book_snapshot(s, rt: Runtime, now, *, excluding_client_order_id: str | None 
         holdings.append(risk.Holding(row.symbol, float(row.qty), float(row.price), float(row.cost),
                                      None if row.stop is None else float(row.stop),
                                      sector_of(rt, row.symbol) or row.sector, in_flight=row.kind == "in_flight"))
-    state, why = trading_state(s)
+    state, why = trading_state(s, risk.market_day(now, rt.calendar.tz))
     return risk.Book(state, tuple(holdings), realized, why)
 
 
@@ -217,6 +220,10 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
         admit_entry(rt, client_order_id=client_order_id, symbol=symbol, qty=qty, price=quote.price, stop=stop,
                     target=target, cycle_id=cycle_id, worker=worker)
         intent = _recorded_intent(client_order_id)
+        if intent.status in DEAD_ENTRY_STATUSES and (intent.filled_qty or 0) <= 0:
+            # An emergency stop retired it between its admission and now: it is never sent.
+            raise EntryRefused("retired", f"entry {client_order_id} was {intent.status} before it was sent "
+                                          f"({intent.error})")
     elif intent.status in DEAD_ENTRY_STATUSES and (intent.filled_qty or 0) <= 0:
         raise EntryRefused("retired", f"entry {client_order_id} is {intent.status} ({intent.error}): never sent again")
     elif intent.status in ("pending_submit", "unknown"):
@@ -463,7 +470,8 @@ def _new_position(s, rt: Runtime, order: Order, report: BrokerOrderReport, entry
         security_id=security_id(s, order.symbol, rt.calendar.code, sector_of(rt, order.symbol)), symbol=order.symbol,
         qty=report.filled_qty, status="open", entry_price=price, entry_volume=entry_volume, high_watermark=price,
         stop_loss_price=order.stop_loss_price, take_profit_price=order.take_profit_price,
-        max_hold_seconds=rt.settings.max_hold_hours * 3600.0, entry_reason=reason, cycle_id=order.cycle_id,
+        max_hold_seconds=risk.max_hold_seconds(reason, rt.settings.max_hold_minutes_by_strategy,
+                                               rt.settings.max_hold_hours), entry_reason=reason, cycle_id=order.cycle_id,
         entry_order_id=order.id, opened_at=report.filled_at or now, last_price=price, updated_at=now,
     )
     s.add(position)

@@ -272,6 +272,19 @@ class Settings(BaseSettings):
             raise _refuse(f"{value:g} is above max_position_value_usd ({top:g}): no entry could be sized between them")
         return value
 
+    @field_validator("max_hold_minutes_by_strategy", mode="before")
+    @classmethod
+    def _check_max_hold(cls, value: Any) -> Any:
+        """Strategy (the entry reason, e.g. momentum) -> minutes above 0; each problem names its strategy."""
+        from catalyst.core.risk import max_hold_problems
+
+        if value is None:
+            return {}
+        problems = max_hold_problems(value)
+        if problems:
+            raise _refuse("; ".join(problems))
+        return value
+
     @field_validator("sectors", mode="before")
     @classmethod
     def _check_sectors(cls, value: Any) -> Any:

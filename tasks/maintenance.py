@@ -1,9 +1,10 @@
-"""Maintenance: heartbeats and the reconciliation watchdog (check_risk arrives with issue 9)."""
+"""Maintenance: heartbeats, the reconciliation watchdog and the risk monitor."""
 
 from __future__ import annotations
 
 from catalyst import task_args
 from catalyst.celery import app
+from catalyst.guard import check_risk as run_check_risk
 from catalyst.reconcile import ReconcileBusy, reconcile as run_reconcile
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask
@@ -27,3 +28,17 @@ def reconcile(self, slot: str | None = None) -> dict:
     except ReconcileBusy:
         return {"skipped": "another reconciliation is running"}
     return {"findings": len(findings), "escalated": sum(f.action == "escalated" for f in findings)}
+
+
+def send_exit(position_id: int) -> None:
+    """Hand a position the guard moved to ``closing`` to the exit queue (the normal exit path)."""
+    from tasks.monitoring import exit_position
+
+    exit_position.apply_async(args=[position_id])
+
+
+@app.task(name="catalyst.check_risk", base=CatalystTask, bind=True, ignore_result=True)
+def check_risk(self, slot: str | None = None) -> dict:
+    """The day's P&L against the daily loss limit: REDUCING at the warning, the emergency stop at the limit."""
+    task_args.slot(slot)
+    return run_check_risk(get_runtime(), dispatch=send_exit, worker=self.request.hostname).as_dict()

@@ -292,7 +292,7 @@ def test_halt_after_evaluation_stops_the_planned_entry(market):
         assert result.failed() and "halted" in str(result.result)
         assert rows(PaperOrder) == [] and rows(Position) == []
         assert [d.reason for d in rows(Decision, Decision.kind == "entry")] == ["halted"]
-        assert CliRunner().invoke(main, ["resume"]).exit_code == 0
+        assert CliRunner().invoke(main, ["resume", "--confirm"]).exit_code == 0
         assert enter("AAA", planned.client_order_id, cycle_id=planned.cycle_id).status == "open"
 
 

@@ -210,3 +210,124 @@ def test_a_day_span_runs_midnight_to_midnight_in_exchange_time_across_dst():
     assert day_span(date(2025, 3, 4), NY) == (datetime(2025, 3, 4, 5, tzinfo=UTC), datetime(2025, 3, 5, 5, tzinfo=UTC))
     start, end = day_span(date(2025, 3, 9), NY)  # the spring-forward day is 23 hours long
     assert (end - start).total_seconds() == 23 * 3600
+
+
+# -- the daily-loss monitor (issue 9): thresholds, states, and the monitor that only escalates ----------------
+
+from catalyst.core.risk import (DailyPnl, GuardState, GuardVerdict, daily_pnl, max_hold_problems,  # noqa: E402
+                                max_hold_seconds, monitor_verdict)
+
+DAY = date(2025, 3, 4)
+NEXT_DAY = date(2025, 3, 5)
+
+
+def pnl(total: float, limit: float = 1000.0, warning: float = 0.75) -> DailyPnl:
+    return DailyPnl(realized=total, unrealized=0.0, limit=limit, warning_pct=warning)
+
+
+@pytest.mark.parametrize("loss, level", [
+    (0.0, TradingState.ACTIVE),
+    (749.99, TradingState.ACTIVE),
+    (750.0, TradingState.REDUCING),  # exactly 75 %
+    (999.99, TradingState.REDUCING),
+    (1000.0, TradingState.HALTED),  # exactly 100 %
+    (1000.004, TradingState.HALTED),  # to the cent
+    (5000.0, TradingState.HALTED),
+])
+def test_the_loss_level_is_decided_to_the_cent_exactly_at_75_and_100_percent(loss, level):
+    assert pnl(-loss).level is level
+
+
+def test_a_gain_is_no_loss():
+    assert pnl(+3000.0).level is TradingState.ACTIVE and pnl(+3000.0).loss == 0.0
+
+
+def test_a_float_sum_just_under_the_threshold_is_not_decided_by_rounding_error():
+    p = DailyPnl(realized=-0.1 * 3 * 2500, unrealized=0.0, limit=1000.0, warning_pct=0.75)  # -750.0000000000001
+    assert p.level is TradingState.REDUCING
+    assert DailyPnl(-749.0, -0.99, 1000.0, 0.75).level is TradingState.ACTIVE  # 749.99: a cent short
+
+
+def test_daily_pnl_adds_realized_and_unrealized_and_names_holdings_without_figures():
+    book = Book(holdings=(held("AAA", qty=10, price=45.0, cost=50.0), held("BBB", price=float("nan")),
+                          held("CCC", qty=float("inf"))), realized_pnl=-100.0)
+    p = daily_pnl(book, 1000.0, 0.75)
+    assert (p.realized, p.unrealized, p.total, p.unpriced) == (-100.0, -50.0, -150.0, ("BBB", "CCC"))
+    assert daily_pnl(Book(realized_pnl=float("nan")), 1000.0, 0.75).total == 0.0
+
+
+@pytest.mark.parametrize("current, loss, expected", [
+    # from ACTIVE
+    (GuardState(), 0.0, GuardVerdict(TradingState.ACTIVE, False)),
+    (GuardState(), 750.0, GuardVerdict(TradingState.REDUCING, False, "reduce", "daily_loss_warning")),
+    (GuardState(), 1000.0, GuardVerdict(TradingState.HALTED, True, "halt", "daily_loss_limit")),
+    # REDUCING lasts for its market day, whatever the loss does meanwhile
+    (GuardState(TradingState.REDUCING, market_day=DAY), 0.0, GuardVerdict(TradingState.REDUCING, False)),
+    (GuardState(TradingState.REDUCING, market_day=DAY), 800.0, GuardVerdict(TradingState.REDUCING, False)),
+    (GuardState(TradingState.REDUCING, market_day=DAY), 1000.0,
+     GuardVerdict(TradingState.HALTED, True, "halt", "daily_loss_limit")),
+    # HALTED is never lowered by the monitor
+    (GuardState(TradingState.HALTED, flatten=True), 0.0, GuardVerdict(TradingState.HALTED, True)),
+    (GuardState(TradingState.HALTED, flatten=True), 2000.0, GuardVerdict(TradingState.HALTED, True)),
+    (GuardState(TradingState.HALTED, flatten=False), 750.0, GuardVerdict(TradingState.HALTED, False)),
+    # a halt that kept its positions becomes an emergency stop at the limit
+    (GuardState(TradingState.HALTED, flatten=False), 1000.0,
+     GuardVerdict(TradingState.HALTED, True, "flatten", "daily_loss_limit")),
+])
+def test_the_monitor_only_escalates(current, loss, expected):
+    assert monitor_verdict(current, DAY, pnl(-loss)) == expected
+
+
+def test_reducing_lifts_on_the_next_market_day_and_a_new_days_loss_is_judged_afresh():
+    yesterday = GuardState(TradingState.REDUCING, reason="daily loss warning", market_day=DAY)
+    assert yesterday.effective(NEXT_DAY).state is TradingState.ACTIVE
+    assert yesterday.effective(DAY).state is TradingState.REDUCING
+    assert monitor_verdict(yesterday, NEXT_DAY, pnl(0.0)) == GuardVerdict(TradingState.ACTIVE, False, "lift",
+                                                                          "new_market_day")
+    assert monitor_verdict(yesterday, NEXT_DAY, pnl(-800.0)).change == "reduce"
+    assert monitor_verdict(yesterday, NEXT_DAY, pnl(-1000.0)).change == "halt"
+    halted = GuardState(TradingState.HALTED, market_day=DAY)
+    assert halted.effective(NEXT_DAY).state is TradingState.HALTED  # only an operator lifts HALTED
+
+
+@pytest.mark.parametrize("value, state, flatten", [
+    (None, TradingState.ACTIVE, False),
+    ({}, TradingState.ACTIVE, False),
+    ({"halted": False, "reason": None}, TradingState.ACTIVE, False),  # the CLI's old resume
+    ({"halted": True, "reason": "operator"}, TradingState.HALTED, False),  # the CLI's old halt
+    ({"halted": True, "state": "HALTED", "flatten": True}, TradingState.HALTED, True),
+    ({"halted": False, "state": "reducing", "market_day": "2025-03-04"}, TradingState.REDUCING, False),
+    ({"halted": False, "state": "REDUCING", "market_day": "not a day"}, TradingState.REDUCING, False),
+    ({"state": "HALTED?"}, TradingState.ACTIVE, False),
+    ("garbage", TradingState.ACTIVE, False),
+])
+def test_the_stored_state_is_read_safely(value, state, flatten):
+    parsed = GuardState.parse(value)
+    assert (parsed.state, parsed.flatten) == (state, flatten)
+
+
+# -- max hold per strategy ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy, expected", [
+    ("opening_range_breakout", 30 * 60.0),
+    ("Momentum", 90 * 60.0),  # the entry reason's spelling does not matter
+    ("manual", 24 * 3600.0),  # not configured: the default hours
+    (None, 24 * 3600.0),
+])
+def test_max_hold_comes_from_the_strategy_else_the_default_hours(strategy, expected):
+    assert max_hold_seconds(strategy, {"opening_range_breakout": 30, "momentum": 90}, 24.0) == expected
+
+
+@pytest.mark.parametrize("mapping, problem", [
+    ({"momentum": 0}, "must be a number of minutes above 0, got 0"),
+    ({"momentum": -5}, "above 0, got -5"),
+    ({"momentum": float("nan")}, "above 0, got nan"),
+    ({"momentum": True}, "above 0, got True"),
+    ({"momentum": "30"}, "above 0, got '30'"),
+    ({" ": 30}, "must be a name"),
+    ({"momentum": 30, "MOMENTUM": 20}, "listed twice"),
+    (["momentum"], "must be a mapping"),
+])
+def test_a_bad_max_hold_mapping_is_refused_with_a_clear_message(mapping, problem):
+    assert any(problem in p for p in max_hold_problems(mapping)), max_hold_problems(mapping)
+    assert max_hold_problems({"momentum": 90, "opening_range_breakout": 30.5}) == []

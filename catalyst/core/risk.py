@@ -207,6 +207,179 @@ def check_entry(entry: Entry, book: Book, limits: Limits) -> list[Refusal]:
     return refusals
 
 
+# -- the daily-loss monitor (catalyst.guard acts on these answers) ---------------------------------
+
+SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+
+
+@dataclass(frozen=True)
+class GuardState:
+    """The stored trading state (the ``halted`` row of ``trading_state``) as the guard reads it.
+
+    ``market_day`` is the day a REDUCING state belongs to (it lifts on the next market day);
+    ``flatten``: an emergency stop, every position is to be closed (a halt with kept positions is not).
+    """
+
+    state: TradingState = TradingState.ACTIVE
+    reason: str | None = None
+    by: str | None = None
+    at: str | None = None
+    market_day: date | None = None
+    flatten: bool = False
+
+    @classmethod
+    def parse(cls, value) -> "GuardState":
+        """Read the stored row; anything unreadable is ACTIVE, except a ``halted`` flag, which always halts."""
+        value = value if isinstance(value, dict) else {}
+        day = _date_or_none(value.get("market_day"))
+        common = dict(reason=_text(value.get("reason")), by=_text(value.get("by")), at=_text(value.get("at")),
+                      market_day=day)
+        if value.get("halted"):
+            return cls(TradingState.HALTED, flatten=bool(value.get("flatten")), **common)
+        name = str(value.get("state") or "").upper()
+        if name == TradingState.REDUCING.value:
+            return cls(TradingState.REDUCING, **common)
+        return cls(TradingState.ACTIVE, **common)
+
+    def effective(self, today: date | None) -> "GuardState":
+        """REDUCING lasts for its market day only; HALTED lasts until an operator resumes."""
+        if self.state is TradingState.REDUCING and today is not None and self.market_day is not None \
+                and today != self.market_day:
+            return GuardState(TradingState.ACTIVE, market_day=today)
+        return self
+
+
+@dataclass(frozen=True)
+class DailyPnl:
+    """The market day's P&L (realized + unrealized) against the daily loss limit."""
+
+    realized: float
+    unrealized: float
+    limit: float
+    warning_pct: float
+    unpriced: tuple[str, ...] = ()  # holdings whose figures were not numbers: left out, and named
+
+    @property
+    def total(self) -> float:
+        return self.realized + self.unrealized
+
+    @property
+    def loss(self) -> float:
+        return max(-self.total, 0.0)
+
+    @property
+    def used(self) -> float:
+        """The share of the limit already lost (1.0 = the limit)."""
+        return self.loss / self.limit if self.limit > 0 else 0.0
+
+    @property
+    def level(self) -> TradingState:
+        """What the loss alone calls for, to the cent: at the limit HALTED, at the warning share REDUCING."""
+        if _cents(self.loss) >= _cents(self.limit):
+            return TradingState.HALTED
+        if _cents(self.loss) >= _cents(self.warning_pct * self.limit):
+            return TradingState.REDUCING
+        return TradingState.ACTIVE
+
+    def as_dict(self) -> dict:
+        return {"realized": round(self.realized, 2), "unrealized": round(self.unrealized, 2),
+                "total": round(self.total, 2), "limit": round(self.limit, 2),
+                "warning_at": round(self.warning_pct * self.limit, 2), "used_pct": round(100 * self.used, 1),
+                "unpriced": list(self.unpriced)}
+
+    def describe(self) -> str:
+        return (f"today's P&L {_signed(self.total)} (realized {_signed(self.realized)}, unrealized "
+                f"{_signed(self.unrealized)}) is {100 * self.used:.0f}% of the {_usd(self.limit)} daily loss limit")
+
+
+def daily_pnl(book: Book, limit: float, warning_pct: float) -> DailyPnl:
+    """Today's P&L from a book snapshot; a holding with a figure that is not a number is left out and named."""
+    realized = book.realized_pnl if _finite(book.realized_pnl) else 0.0
+    unrealized, unpriced = 0.0, []
+    for h in book.holdings:
+        value = h.unrealized if all(_finite(x) for x in (h.qty, h.price, h.cost)) else math.nan
+        if _finite(value):
+            unrealized += value
+        else:
+            unpriced.append(h.symbol)
+    return DailyPnl(realized, unrealized, limit, warning_pct, tuple(unpriced))
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """What the risk monitor does now: the state to hold, whether to flatten, and what changed (``None``: nothing)."""
+
+    state: TradingState
+    flatten: bool
+    change: str | None = None  # halt | flatten | reduce | lift
+    reason: str | None = None
+
+
+def monitor_verdict(current: GuardState, today: date, pnl: DailyPnl) -> GuardVerdict:
+    """The monitor only escalates: it never lowers HALTED, never lifts REDUCING within its market day,
+    and at the limit turns a halt that kept its positions into an emergency stop."""
+    stored = current.state
+    now_state = current.effective(today)
+    level = pnl.level
+    if now_state.state is TradingState.HALTED:
+        if level is TradingState.HALTED and not now_state.flatten:
+            return GuardVerdict(TradingState.HALTED, True, "flatten", "daily_loss_limit")
+        return GuardVerdict(TradingState.HALTED, now_state.flatten)
+    if level is TradingState.HALTED:
+        return GuardVerdict(TradingState.HALTED, True, "halt", "daily_loss_limit")
+    if now_state.state is TradingState.REDUCING:
+        return GuardVerdict(TradingState.REDUCING, False)
+    if level is TradingState.REDUCING:
+        return GuardVerdict(TradingState.REDUCING, False, "reduce", "daily_loss_warning")
+    if stored is TradingState.REDUCING:  # yesterday's REDUCING, lifted by the new market day
+        return GuardVerdict(TradingState.ACTIVE, False, "lift", "new_market_day")
+    return GuardVerdict(TradingState.ACTIVE, False)
+
+
+def max_hold_seconds(strategy: str | None, minutes_by_strategy: dict[str, float], default_hours: float) -> float:
+    """A position's max hold: its strategy's minutes when configured (the entry reason names the strategy),
+    else the default hours."""
+    minutes = minutes_by_strategy.get(strategy) if strategy else None
+    if minutes is None and strategy:
+        wanted = strategy.strip().casefold()
+        minutes = next((m for name, m in minutes_by_strategy.items() if name.strip().casefold() == wanted), None)
+    return float(minutes) * 60.0 if minutes is not None else default_hours * 3600.0
+
+
+def max_hold_problems(minutes_by_strategy) -> list[str]:
+    """Why a ``max_hold_minutes_by_strategy`` mapping is unusable (empty: it is fine)."""
+    if not isinstance(minutes_by_strategy, dict):
+        return [f"must be a mapping of strategy: minutes, got {repr(minutes_by_strategy)[:60]}"]
+    problems, seen = [], {}
+    for name, minutes in minutes_by_strategy.items():
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"strategy {name!r} must be a name (the entry reason, e.g. momentum)")
+            continue
+        key = name.strip().casefold()
+        if key in seen:
+            problems.append(f"strategy {name!r} is listed twice (also as {seen[key]!r})")
+        seen[key] = name
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) \
+                or minutes <= 0:
+            problems.append(f"the max hold of {name} must be a number of minutes above 0, got {minutes!r}")
+    return problems
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _text(x) -> str | None:
+    return None if x is None else str(x)
+
+
+def _date_or_none(x) -> date | None:
+    try:
+        return date.fromisoformat(str(x)) if x else None
+    except ValueError:
+        return None
+
+
 def market_day(now: datetime, tz: tzinfo) -> date:
     """The market's day of ``now``: its date in the exchange's time zone (a session's date)."""
     return now.astimezone(tz).date()
