@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import get_origin
 
 import pytest
 from pydantic import AliasChoices
@@ -465,6 +466,8 @@ def test_null_switches_signal_tiers_off_from_the_environment(monkeypatch):
 def _numeric_fields() -> list[tuple[str, str]]:
     out = []
     for name, field in Settings.model_fields.items():
+        if get_origin(field.annotation) is dict:
+            continue  # a mapping of numbers (max hold per strategy) has its own checks
         args = set(getattr(field.annotation, "__args__", ())) | {field.annotation}
         if args & {int, float}:
             out.append((name, str(field.validation_alias)))
@@ -543,3 +546,17 @@ def test_sector_map_needs_tickers_and_named_sectors(monkeypatch, sectors, fragme
 def test_a_good_sector_map_is_kept_with_upper_case_tickers(config):
     config("risk_limits:\n  sectors:\n    aapl: Technology\n    BRK.B: ' Financials '\n    '0700': Communication\n")
     assert load_settings().sectors == {"AAPL": "Technology", "BRK.B": "Financials", "0700": "Communication"}
+
+
+@pytest.mark.parametrize("value", ['{"momentum": -5}', '{"momentum": 0}', '{"momentum": NaN}', '{"momentum": true}',
+                                   '{"": 30}', '{"momentum": "soon"}'])
+def test_max_hold_per_strategy_must_be_minutes_above_zero(monkeypatch, value):
+    monkeypatch.setenv("CATALYST_MAX_HOLD_MINUTES", value)
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    assert "max_hold_minutes_by_strategy" in str(info.value)
+
+
+def test_max_hold_per_strategy_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CATALYST_MAX_HOLD_MINUTES", '{"opening_range_breakout": 90, "momentum": 180}')
+    assert load_settings().max_hold_minutes_by_strategy == {"opening_range_breakout": 90.0, "momentum": 180.0}
