@@ -59,7 +59,11 @@ task_routes = {
     "catalyst.check_risk": {"queue": "maintenance"},
     "catalyst.reconcile": {"queue": "maintenance"},
     "catalyst.heartbeat": {"queue": "maintenance"},
+    "catalyst.deliver_notification": {"queue": "maintenance"},
+    "catalyst.daily_summary": {"queue": "maintenance"},
 }
+# Modules the worker imports besides catalyst.celery's ``include`` (alert delivery and the day's summary).
+imports = ("tasks.notifications",)
 worker_prefetch_multiplier = 1
 task_acks_late = True
 task_reject_on_worker_lost = True

@@ -116,8 +116,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "close_all_positions": Key(None, _always("closes every position")),
         "halt_new_trades": Key(None, _always("halts new entries")),
         "require_manual_restart": Key(None, _always("waits for `catalyst resume --confirm`")),
-        "notify_via_email": Key(unsupported="e-mail alerts go out when SMTP_HOST and ALERT_EMAIL_TO are set "
-                                            "in the environment"),
+        # true: alerts are e-mailed when SMTP_HOST and ALERT_EMAIL_TO are set; false: never e-mailed
+        "notify_via_email": Key("notify_via_email", _flag),
     },
 }
 SECTION_NAMES = {"trading": "trading", "trading_session": "trading", "workflow": "workflow",

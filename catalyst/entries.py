@@ -35,6 +35,7 @@ from catalyst.db.models import Order, Position, Security, TradingCycle, TradingS
 from catalyst.core import risk, sizing
 from catalyst.core.domain import BadInput, require_price
 from catalyst.core.exits import quote_problem
+from catalyst.notify import notify
 from catalyst.orders import OrderPending
 from catalyst.positions import RECENT_VOLUME_BARS, recent_volume
 from catalyst.records import record_activity, record_decision, security_id
@@ -244,6 +245,13 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
             record_decision(s, kind="entry", action="skip", reason=f"order_{report.status}", symbol=intent.symbol,
                             cycle_id=intent.cycle_id, decided_at=now, worker=worker,
                             details={"broker_reason": report.reason})
+        if report.status == "rejected":
+            notify("entry_refused", "warning", f"Entry refused: {intent.symbol}",
+                   f"The broker refused the buy of {intent.qty:g} {intent.symbol}: {report.reason or 'refused'}. "
+                   "Nothing is held.",
+                   context={"symbol": intent.symbol, "qty": intent.qty, "reason": report.reason,
+                            "client_order_id": client_order_id, "cycle_id": intent.cycle_id},
+                   dedupe_key=f"entry_refused:{client_order_id}", occurred_at=now)
         raise BadInput(f"entry order for {intent.symbol} was {report.status}: {report.reason}")
     try:
         position = open_from_fill(rt, client_order_id, report, reason=reason, worker=worker)

@@ -22,6 +22,7 @@ from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position
 from catalyst.core.domain import BadInput, CatalystError
 from catalyst.core.exits import realized_pnl
+from catalyst.notify import notify
 from catalyst.orders import ensure_order
 from catalyst.records import bump, record_activity, record_decision
 from catalyst.runtime import Runtime
@@ -170,6 +171,14 @@ def _protect_after_refusal(rt: Runtime, position_id: int, symbol: str, held: flo
                         protective_stop=stop.client_order_id if stop is not None else None)
     log.error("exit_refused", position_id=position_id, symbol=symbol, reason=report.reason, retry_at=until.isoformat(),
               protective_stop=stop.client_order_id if stop is not None else None)
+    notify("exit_refused", "critical", f"Exit refused: {symbol} (position {position_id})",
+           f"The broker refused the sale of {held:g} {symbol}: {report.reason or 'refused'}. "
+           f"{'A stop protects the shares' if stop is not None else 'NO protective stop could be placed'}; the exit "
+           f"is retried from {until.astimezone(rt.calendar.tz).isoformat()}.",
+           context={"position_id": position_id, "symbol": symbol, "qty": held, "reason": report.reason,
+                    "client_order_id": report.client_order_id, "retry_at": until.isoformat(),
+                    "protective_stop": stop.client_order_id if stop is not None else None},
+           dedupe_key=f"exit_refused:{position_id}:{report.client_order_id}", occurred_at=now)
     raise ExitRefused(f"position {position_id}: the broker refused the sell of {held:g} {symbol} "
                       f"({report.reason}); a stop protects the shares and the exit is retried from "
                       f"{until.astimezone(rt.calendar.tz).isoformat()}")
@@ -323,7 +332,26 @@ def _close(rt: Runtime, position_id: int, report: BrokerOrderReport, worker: str
     if won:
         log.info("position_closed", position_id=position_id, symbol=position.symbol, reason=position.exit_reason,
                  exit_price=report.filled_avg_price, realized_pnl=round(pnl, 2), pnl_pct=round(pnl_pct, 3))
+        _notify_closed(position)
         if rt.broker.supports_legs:
             cancel_leftover_stops(rt, position_id)
     with session_scope() as s:
         return s.get(Position, position_id)
+
+
+def _notify_closed(position: Position) -> None:
+    """Tell the operator (never waits: delivery is queued), once per position."""
+    try:
+        p = position
+        notify("position_closed", "info" if (p.realized_pnl or 0) >= 0 else "warning",
+               f"Closed {p.symbol}: {p.realized_pnl:+,.2f} USD ({p.exit_reason})",
+               f"Position {p.id}: sold {p.qty:g} {p.symbol} at {p.exit_price:g} (entry {p.entry_price:g}); "
+               f"P&L {p.realized_pnl:+,.2f} USD ({p.realized_pnl_pct:+.2f} %); reason {p.exit_reason}.",
+               context={"position_id": p.id, "symbol": p.symbol, "qty": p.qty, "entry_price": p.entry_price,
+                        "exit_price": p.exit_price, "realized_pnl": round(p.realized_pnl, 2),
+                        "realized_pnl_pct": round(p.realized_pnl_pct, 3), "reason": p.exit_reason,
+                        "opened_at": p.opened_at, "closed_at": p.closed_at},
+               dedupe_key=f"position_closed:{p.id}", occurred_at=p.closed_at)
+    except Exception as exc:  # noqa: BLE001 - the position is closed; an alert that cannot be worded is not its problem
+        log.warning("notification_not_recorded", notify_event="position_closed", position_id=position.id,
+                    error=type(exc).__name__)

@@ -167,6 +167,8 @@ class Settings(BaseSettings):
     smtp_password: str | None = Field(default=None, validation_alias="SMTP_PASSWORD", repr=False)
     alert_email_from: str | None = Field(default=None, validation_alias="ALERT_EMAIL_FROM")
     alert_email_to: str | None = Field(default=None, validation_alias="ALERT_EMAIL_TO")
+    # seed 003's emergency_actions.notify_via_email: false keeps alerts out of e-mail even when SMTP is set
+    notify_via_email: bool = Field(default=True, validation_alias="CATALYST_NOTIFY_VIA_EMAIL")
     notify_timeout: float = Field(default=5.0, gt=0, le=30, validation_alias="CATALYST_NOTIFY_TIMEOUT")
     notify_max_retries: int = Field(default=3, ge=0, le=10, validation_alias="CATALYST_NOTIFY_MAX_RETRIES")
     # --- end notifications ---

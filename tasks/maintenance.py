@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import structlog
+
 from catalyst import task_args
 from catalyst.celery import app
+from catalyst.alerts import check_services
 from catalyst.guard import check_risk as run_check_risk
+from catalyst.notify import deliver_pending
 from catalyst.reconcile import ReconcileBusy, reconcile as run_reconcile
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask
 from workers.heartbeat import beat_heart
+
+log = structlog.get_logger("catalyst.tasks")
 
 
 @app.task(name="catalyst.heartbeat", base=CatalystTask, bind=True)
@@ -41,4 +47,11 @@ def send_exit(position_id: int) -> None:
 def check_risk(self, slot: str | None = None) -> dict:
     """The day's P&L against the daily loss limit: REDUCING at the warning, the emergency stop at the limit."""
     task_args.slot(slot)
-    return run_check_risk(get_runtime(), dispatch=send_exit, worker=self.request.hostname).as_dict()
+    rt = get_runtime()
+    result = run_check_risk(rt, dispatch=send_exit, worker=self.request.hostname).as_dict()
+    for step in (check_services, deliver_pending):  # stale services, and alerts a lost enqueue left pending
+        try:
+            step(rt)
+        except Exception as exc:  # noqa: BLE001 - alerts never break the risk monitor
+            log.warning("alert_step_failed", step=step.__name__, error=type(exc).__name__)
+    return result

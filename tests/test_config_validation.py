@@ -193,3 +193,28 @@ def test_a_good_sectioned_file_passes_status(embedded):
     result = cli("status", "--json", env={"CATALYST_CONFIG": str(path)})
     assert result.returncode == 0, output(result)
     assert json.loads(result.stdout)["open_positions"] == 0
+
+
+@pytest.mark.parametrize("written,expected", [("true", True), ("false", False)])
+def test_emergency_actions_notify_via_email_switches_alert_mail(tmp_path, written, expected):
+    """``true``: alerts are e-mailed when SMTP_HOST and ALERT_EMAIL_TO are set; ``false``: never e-mailed."""
+    from catalyst.config_file import flatten
+    from catalyst.notify_channels import configured
+    from catalyst.settings import Settings, _flat_names, load_settings
+
+    path = tmp_path / "catalyst.yaml"
+    path.write_text(f"emergency_actions:\n  notify_via_email: {written}\n")
+    values, origins = flatten({"emergency_actions": {"notify_via_email": expected}}, _flat_names(Settings), str(path))
+    assert values == {"notify_via_email": expected}
+    assert origins == {"notify_via_email": "emergency_actions.notify_via_email"}
+    with environment({"CATALYST_CONFIG": str(path), "SMTP_HOST": "127.0.0.1", "ALERT_EMAIL_TO": "ops@example.test"}):
+        settings = load_settings()
+    assert settings.notify_via_email is expected
+    assert ("email" in configured(settings)) is expected
+
+
+def test_emergency_actions_notify_via_email_must_be_a_flag(tmp_path):
+    from catalyst.config_file import flatten
+
+    with pytest.raises(BadInput, match="emergency_actions.notify_via_email must be true or false, got 'yes please'"):
+        flatten({"emergency_actions": {"notify_via_email": "yes please"}}, {}, str(tmp_path / "c.yaml"))

@@ -402,7 +402,7 @@ SECTION_REFUSALS = [
     ("emergency_actions:\n  close_all_positions: false\n", ["emergency_actions.close_all_positions", "not supported"]),
     ("emergency_actions:\n  halt_new_trades: false\n", ["emergency_actions.halt_new_trades", "not supported"]),
     ("emergency_actions:\n  require_manual_restart: false\n", ["require_manual_restart", "not supported"]),
-    ("emergency_actions:\n  notify_via_email: true\n", ["emergency_actions.notify_via_email", "not supported"]),
+    ("emergency_actions:\n  notify_via_email: 1\n", ["emergency_actions.notify_via_email", "must be true or false"]),
     ("trading:\n  trailing_stop_pct: 0.03\n", ["trading.trailing_stop_pct", "not supported", "signals"]),
     ("trading:\n  default_order_type: limit\n", ["trading.default_order_type", "not supported"]),
     ("signals:\n  rsi_oversold: 30\n", ["rsi_oversold", "not supported"]),
