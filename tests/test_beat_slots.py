@@ -406,3 +406,14 @@ def test_a_claim_whose_commit_reply_was_lost_is_sent_on_the_next_tick(clock, app
     finally:
         beat.close()
     assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}
+
+
+def test_a_premarket_scan_message_expires_at_the_open_so_a_late_worker_never_runs_it_in_the_session(clock, app):
+    clock.set(at(9, 10))
+    beat = CatalystScheduler(app=app)
+    try:
+        beat.tick()  # sends the 09:00 pre-market scan, 20 minutes before the open
+        lifetime = {name: beat._market_lifetime(entry(name), at(9, 0)) for name in ("premarket-scan", "scan-market")}
+    finally:
+        beat.close()
+    assert lifetime == {"premarket-scan": 20 * 60, "scan-market": 2 * 900}

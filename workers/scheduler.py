@@ -279,9 +279,19 @@ class CatalystScheduler(Scheduler):
         ``scan`` returns the existing cycle for a slot it has already scanned (``slot_at`` is unique), and
         ``reconcile`` runs one at a time under its own lease.
         """
-        expires = max(10.0, self.rt.clock.wall_seconds(row.interval_seconds) * 2)
+        expires = max(10.0, self.rt.clock.wall_seconds(self._market_lifetime(row, slot)))
         self.app.send_task(row.task, args=list(row.args), kwargs={"slot": slot.isoformat()}, queue=row.queue,
                            expires=expires, headers={"catalyst_slot": slot.isoformat(), "catalyst_entry": row.name})
+
+    def _market_lifetime(self, row: ScheduleEntry, slot: datetime) -> float:
+        """Market seconds a slot's message stays worth running: two intervals on the session grid; a
+        pre-market scan until the open (never a stale plan in the session); a summary for the grace."""
+        if row.anchor == "session":
+            return row.interval_seconds * 2
+        if row.anchor == "open" and row.offset_seconds < 0:
+            opens = slot - timedelta(seconds=row.offset_seconds)
+            return (opens - self.rt.clock.now()).total_seconds()
+        return ANCHORED_GRACE.total_seconds()
 
     def _release(self, claim: Claim) -> None:
         """Hand an unsent slot back so that the next tick, ours or a new leader's, sends it.
