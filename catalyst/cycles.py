@@ -1,19 +1,26 @@
-"""Trading cycles: scan the universe into ``scan_results``, then evaluate them into planned entries.
+"""Trading cycles: run the candidate funnel into ``scan_results``, then evaluate the selection into planned entries.
 
-Evaluation screens each candidate (trading state, symbol held, momentum, RSI, position limit),
+The funnel (:mod:`catalyst.core.funnel`) is pure; this module is its I/O shell: it picks the universe
+(the market data's screener or symbols, the configured watchlist and, in session, today's pre-market
+watchlist), measures each symbol, fetches news for the few that reach the news stage (a news outage
+never fails a scan), and stores one ``scan_results`` row per universe symbol with the stage it reached,
+why it stopped, and the numbers behind every verdict; the cycle keeps the counts per stage.
+
+Evaluation screens each *selected* candidate (trading state, symbol held, momentum, RSI, position limit),
 sizes the survivors (:mod:`catalyst.core.sizing`: whole shares, stop and target) and runs the
 same pre-trade risk checks admission will run (:mod:`catalyst.core.risk`), against the book plus
 the entries already planned in this cycle. Every verdict lands in ``decisions``. Admission checks
 again under the entry gate when each entry is sent: the plan is advice, the gate is the rule.
+A pre-market cycle plans no entries: its selection is the day's watchlist.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from catalyst.db.engine import session_scope
@@ -21,14 +28,18 @@ from catalyst.db.models import Decision, ScanResult, Security, TradingCycle
 from catalyst.entries import book_snapshot, entry_client_order_id, sector_of
 from catalyst.records import record_decision, security_id
 from catalyst.runtime import Runtime
-from catalyst.core import risk, sizing
-from catalyst.core.domain import BadInput
+from catalyst.core import funnel, risk, sizing
+from catalyst.core.domain import BadInput, UnknownSymbol
 from catalyst.core.indicators import compute as compute_indicators
+from catalyst.core.news import NewsItem, by_symbol
+from catalyst.core.patterns import NO_PATTERN
 from catalyst.monitor import INDICATOR_BARS, RSI_TRUSTED_BARS
-from catalyst.core.scanner import Candidate, EntryRules, Snapshot, evaluate, rank
+from catalyst.core.scanner import Candidate, EntryRules, Snapshot, evaluate
 
 log = structlog.get_logger("catalyst.cycles")
-RECENT_BARS = 15
+SESSION_MINUTES = 390
+# Bars read per symbol in session: today's so far plus the previous sessions relative volume compares with.
+HISTORY_SESSIONS = funnel.PREVIOUS_SESSIONS
 
 
 @dataclass(frozen=True)
@@ -39,57 +50,153 @@ class PlannedEntry:
     stop_loss_price: float
     take_profit_price: float
     client_order_id: str
+    reason: str = NO_PATTERN  # the strategy: the best pattern's name, or momentum
 
 
-def snapshot(rt: Runtime, symbol: str, now: datetime) -> Snapshot | None:
-    """Price, move since today's open and recent volume pace for one symbol (``None`` if unknown today)."""
-    session = rt.calendar.session_at(now)
-    quote = rt.market_data.quote(symbol, now)
-    if session is None or quote is None:
-        return None
-    history = rt.market_data.bars(symbol, now, INDICATOR_BARS)
-    today = [b for b in history if b.timestamp >= session.open]
-    if not today:
-        return None
-    volume = sum(b.volume for b in today[-RECENT_BARS:])
-    typical = sum(b.volume for b in today) / len(today) * min(len(today), RECENT_BARS)
-    indicators = compute_indicators(history, str(rt.calendar.tz))
-    rsi = indicators.rsi if indicators.bars >= RSI_TRUSTED_BARS else None
-    headline = rt.market_data.catalyst(symbol) if hasattr(rt.market_data, "catalyst") else None
-    return Snapshot(symbol, quote.price, today[0].open, volume, typical, headline, rsi)
+def funnel_rules(rt: Runtime) -> funnel.FunnelRules:
+    return funnel.FunnelRules.of(rt.settings, rt.profile.overbought_rsi, RSI_TRUSTED_BARS, EntryRules().min_change_pct)
 
 
 def scan(rt: Runtime, slot_at: datetime) -> int:
-    """Rank the universe once for ``slot_at``; a repeated scan of the same slot returns the same cycle."""
+    """Run the funnel once for ``slot_at``; a repeated scan of the same slot returns the same cycle.
+
+    A slot inside a session builds a ``session`` cycle; a slot outside one (before the next open) a
+    ``premarket`` cycle ranked by the gap and news.
+    """
     with session_scope() as s:
         existing = s.scalar(select(TradingCycle.id).where(TradingCycle.slot_at == slot_at))
         if existing is not None:
             return existing
     now = rt.clock.now()
+    session = rt.calendar.session_at(slot_at)
+    kind = funnel.SESSION if session is not None else funnel.PREMARKET
+    rules = funnel_rules(rt)
+    symbols = universe(rt, session)
     md = rt.market_data
-    universe = md.scan_universe() if hasattr(md, "scan_universe") else md.symbols()
     if hasattr(md, "prefetch"):
-        md.prefetch(universe, now)  # one batched snapshot call per 100 symbols, not one per symbol
-    snapshots = [snap for sym in universe if (snap := snapshot(rt, sym, now)) is not None]
-    candidates = rank(snapshots, rt.settings.scan_top_n)
+        md.prefetch(symbols, now)  # one batched snapshot call per 100 symbols, not one per symbol
+    observations = [observe(rt, symbol, now, session) for symbol in symbols]
+    result = funnel.screen(observations, rules, str(rt.calendar.tz), kind)
+    news = fetch_news(rt, funnel.news_candidates(result), now)
+    with session_scope() as s:
+        held = book_snapshot(s, rt, now).symbols
+    result = funnel.finish(result, news, held, now, rules)
     try:
-        with session_scope() as s:
-            cycle = TradingCycle(slot_at=slot_at, market=rt.settings.market, status="scanned",
-                                 candidates=len(candidates), started_at=now, finished_at=rt.clock.now())
-            s.add(cycle)
-            s.flush()
-            for c in candidates:
-                security = security_id(s, c.symbol, rt.calendar.code, sector_of(rt, c.symbol))
-                s.add(ScanResult(cycle_id=cycle.id, security_id=security, symbol=c.symbol, rank=c.rank, score=c.score,
-                                 price=c.price, change_pct=c.change_pct, volume=c.volume,
-                                 relative_volume=c.relative_volume, rsi=c.rsi, catalyst=c.catalyst, created_at=now))
-            cycle_id = cycle.id
+        cycle_id = _store(rt, slot_at, kind, result, now)
     except IntegrityError:  # another worker scanned this slot concurrently
         with session_scope() as s:
             return s.scalar(select(TradingCycle.id).where(TradingCycle.slot_at == slot_at))
-    log.info("market_scanned", cycle_id=cycle_id, slot_at=slot_at.isoformat(), universe=len(snapshots),
-             candidates=[c.symbol for c in candidates])
+    log.info("market_scanned", cycle_id=cycle_id, slot_at=slot_at.isoformat(), kind=kind, funnel=result.counts(),
+             candidates=[r.symbol for r in result.selected()])
     return cycle_id
+
+
+def universe(rt: Runtime, session) -> list[str]:
+    """The configured watchlist, today's pre-market watchlist (in session), then the source's universe; capped."""
+    md = rt.market_data
+    source = md.scan_universe() if hasattr(md, "scan_universe") else md.symbols()
+    premarket = premarket_watchlist(session, rt.calendar.tz) if session is not None else []
+    ordered = list(dict.fromkeys([*rt.settings.watchlist, *premarket, *source]))
+    return ordered[:rt.settings.scan_universe_size]
+
+
+def premarket_watchlist(session, tz) -> list[str]:
+    """The selection of this session's pre-market scans (slots the same market day, before the open), best first."""
+    day_start = session.open.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    with session_scope() as s:
+        return list(s.scalars(
+            select(ScanResult.symbol).join(TradingCycle, TradingCycle.id == ScanResult.cycle_id)
+            .where(TradingCycle.kind == funnel.PREMARKET, TradingCycle.slot_at >= day_start,
+                   TradingCycle.slot_at < session.open, ScanResult.stage == funnel.SELECTED)
+            .order_by(TradingCycle.slot_at.desc(), ScanResult.rank)).all())
+
+
+def observe(rt: Runtime, symbol: str, now: datetime, session) -> funnel.Observation:
+    """Price and recent bars of one symbol; a symbol the source does not know is not tradable."""
+    md = rt.market_data
+    try:
+        if session is None:
+            quote = md.premarket_quote(symbol, now) if hasattr(md, "premarket_quote") else md.quote(symbol, now)
+            history = md.bars(symbol, now, 1)  # the previous close
+        else:
+            quote = md.quote(symbol, now)
+            history = md.bars(symbol, now, max(INDICATOR_BARS, _minutes_since(session.open, now)
+                                               + HISTORY_SESSIONS * SESSION_MINUTES))
+    except (UnknownSymbol, BadInput) as exc:
+        log.info("symbol_not_tradable", symbol=symbol, error=str(exc))
+        return funnel.Observation(symbol, None, tradable=False)
+    previous_close = md.previous_close(symbol, now) if hasattr(md, "previous_close") else None
+    return funnel.Observation(symbol, quote.price if quote is not None else None, tuple(history),
+                              session.open if session is not None else None, quote is not None, previous_close)
+
+
+def snapshot(rt: Runtime, symbol: str, now: datetime) -> Snapshot | None:
+    """The scanner's figures for one symbol in session (what the funnel's filters and technicals see):
+    session volume, the volume it is compared with, RSI. ``None`` outside a session or without bars today."""
+    session = rt.calendar.session_at(now)
+    if session is None:
+        return None
+    obs = observe(rt, symbol, now, session)
+    values = funnel.measure(obs, rt.calendar.tz)
+    if obs.price is None or not values.get("session_bars"):
+        return None
+    rv = values["relative_volume"] or 0.0
+    indicators = compute_indicators(list(obs.history[-INDICATOR_BARS:]), str(rt.calendar.tz))
+    rsi = indicators.rsi if indicators.bars >= RSI_TRUSTED_BARS else None
+    return Snapshot(symbol, obs.price, values["session_open"], values["volume"],
+                    values["volume"] / rv if rv else 0.0, None, rsi)
+
+
+def _minutes_since(start: datetime, now: datetime) -> int:
+    return max(int((now - start).total_seconds() // 60) + 1, 0)
+
+
+def fetch_news(rt: Runtime, symbols: list[str], now: datetime) -> dict[str, list[NewsItem]] | None:
+    """Headlines for the funnel's survivors; ``None`` when the source fails (logged; the scan goes on)."""
+    md = rt.market_data
+    if not symbols or not hasattr(md, "news"):
+        return {}
+    since = now - timedelta(hours=rt.settings.news_max_age_hours)
+    try:
+        return by_symbol(md.news(symbols, since, now), symbols)
+    except Exception as exc:  # noqa: BLE001 - news is a boost, never a reason to miss a scan
+        log.warning("news_unavailable", source=getattr(md, "name", "?"), symbols=len(symbols),
+                    error=f"{type(exc).__name__}: {exc}")
+        return None
+
+
+def _store(rt: Runtime, slot_at: datetime, kind: str, result: funnel.Funnel, now: datetime) -> int:
+    selected = result.selected()
+    with session_scope() as s:
+        cycle = TradingCycle(slot_at=slot_at, market=rt.settings.market, status="scanned", kind=kind,
+                             candidates=len(selected), funnel=result.counts(), started_at=now,
+                             finished_at=rt.clock.now())
+        s.add(cycle)
+        s.flush()
+        for row in result.rows:
+            security = security_id(s, row.symbol, rt.calendar.code, sector_of(rt, row.symbol))
+            s.add(ScanResult(cycle_id=cycle.id, security_id=security, symbol=row.symbol, rank=row.rank,
+                             stage=row.stage, rejected_reason=row.rejected_reason, details=row.details,
+                             score=row.score, price=row.price, change_pct=row.change_pct, volume=row.volume,
+                             relative_volume=row.relative_volume, rsi=row.rsi, catalyst=row.catalyst,
+                             created_at=now))
+        return cycle.id
+
+
+def funnel_counts(s, cycle_id: int) -> list[tuple[str, int]]:
+    """``[(stage, symbols that passed it), ...]`` in funnel order for one cycle (for the demo and the CLI)."""
+    cycle = s.get(TradingCycle, cycle_id)
+    if cycle is None:
+        raise BadInput(f"unknown trading cycle id {cycle_id}")
+    stages = funnel.PREMARKET_STAGES if cycle.kind == funnel.PREMARKET else funnel.SESSION_STAGES
+    stored = dict(cycle.funnel or {})
+    if not stored:  # a cycle scanned before the funnel: count its rows
+        reached = dict(s.execute(select(ScanResult.stage, func.count()).where(ScanResult.cycle_id == cycle_id)
+                                 .group_by(ScanResult.stage)).all())
+        order = funnel.SESSION_STAGES
+        stored = {st: sum(n for stage, n in reached.items() if stage in order and order.index(stage) >= order.index(st))
+                  for st in stages}
+    return [(stage, int(stored.get(stage, 0))) for stage in stages]
 
 
 @dataclass(frozen=True)
@@ -104,17 +211,25 @@ def evaluate_cycle(rt: Runtime, cycle_id: int, worker: str | None = None) -> lis
     """Decide which candidates of a cycle to enter, and how many shares; re-evaluating repeats the first answer."""
     now = rt.clock.now()
     with session_scope() as s:
-        if s.get(TradingCycle, cycle_id) is None:
+        cycle = s.get(TradingCycle, cycle_id)
+        if cycle is None:
             raise BadInput(f"unknown trading cycle id {cycle_id}")
+        kind = cycle.kind
         answer = _previous_answer(s, cycle_id)
         if answer is not None:
             return answer
         rows = s.execute(select(ScanResult, Security.sector).outerjoin(Security, Security.id == ScanResult.security_id)
-                         .where(ScanResult.cycle_id == cycle_id).order_by(ScanResult.rank)).all()
+                         .where(ScanResult.cycle_id == cycle_id, ScanResult.stage == funnel.SELECTED)
+                         .order_by(ScanResult.rank)).all()
         candidates = [(Candidate(r.symbol, r.rank, r.score, r.price, r.change_pct, r.volume, r.relative_volume,
-                                 r.catalyst, r.rsi), sector_of(rt, r.symbol) or sector) for r, sector in rows]
+                                 r.catalyst, r.rsi), sector_of(rt, r.symbol) or sector,
+                       (r.details or {}).get("strategy") or NO_PATTERN) for r, sector in rows]
         book = book_snapshot(s, rt, now)  # entries still in flight count as held, for every limit
-    verdicts = _judge(rt, candidates, book, now)  # equity and ATR are read here, outside any transaction
+    if kind == funnel.PREMARKET:  # the pre-market selection is the day's watchlist, never an order
+        verdicts = [_Verdict(c.symbol, "skip", "premarket_watchlist", {"rank": c.rank, "score": c.score})
+                    for c, _, _ in candidates]
+    else:
+        verdicts = _judge(rt, candidates, book, now)  # equity and ATR are read here, outside any transaction
     with session_scope() as s:
         answer = _previous_answer(s, cycle_id)
         if answer is not None:  # a concurrent evaluation of this cycle answered first
@@ -137,7 +252,7 @@ def _previous_answer(s, cycle_id: int) -> list[PlannedEntry] | None:
     return [_planned(cycle_id, d.symbol, d.details) for d in previous if d.action == "enter"]
 
 
-def _judge(rt: Runtime, candidates: list[tuple[Candidate, str | None]], book: risk.Book,
+def _judge(rt: Runtime, candidates: list[tuple[Candidate, str | None, str]], book: risk.Book,
            now: datetime) -> list[_Verdict]:
     """One verdict per candidate, best rank first: screened, sized, then risk-checked against the book
     plus the entries planned before it."""
@@ -148,7 +263,7 @@ def _judge(rt: Runtime, candidates: list[tuple[Candidate, str | None]], book: ri
     rules, limits = sizing.SizingRules.of(settings), risk.Limits.of(settings)
     market = _SizingInputs(rt, now, rules)
     verdicts = []
-    for c, sector in sorted(candidates, key=lambda item: item[0].rank):
+    for c, sector, strategy in sorted(candidates, key=lambda item: item[0].rank):
         if not settings.auto_entries:
             verdicts.append(_Verdict(c.symbol, "skip", "auto_entries_off", {}))
             continue
@@ -167,13 +282,13 @@ def _judge(rt: Runtime, candidates: list[tuple[Candidate, str | None]], book: ri
             continue
         entry = risk.Entry(c.symbol, plan.qty, c.price, plan.stop, plan.target, sector)
         details = {"qty": plan.qty, "stop": plan.stop, "target": plan.target, "price": c.price, "sector": sector,
-                   "sizing": plan.as_dict()}
+                   "sizing": plan.as_dict(), "strategy": strategy}
         refusals = risk.check_entry(entry, book, limits)
         if refusals:
             verdicts.append(_Verdict(c.symbol, "skip", refusals[0].reason, {
                 **details, "refusals": [{"reason": r.reason, "message": r.message} for r in refusals]}))
             continue
-        verdicts.append(_Verdict(c.symbol, "enter", "momentum", details))
+        verdicts.append(_Verdict(c.symbol, "enter", strategy, details))
         book = book.with_entry(entry)
     return verdicts
 
@@ -212,4 +327,4 @@ class _SizingInputs:
 
 def _planned(cycle_id: int, symbol: str, details: dict) -> PlannedEntry:
     return PlannedEntry(cycle_id, symbol, details["qty"], details["stop"], details["target"],
-                        entry_client_order_id(cycle_id, symbol))
+                        entry_client_order_id(cycle_id, symbol), details.get("strategy") or NO_PATTERN)

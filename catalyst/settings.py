@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     scan_max_price: float = Field(default=1000.0, gt=0, validation_alias="CATALYST_SCAN_MAX_PRICE")
     scan_min_dollar_volume: float = Field(default=1_000_000.0, ge=0, validation_alias="CATALYST_SCAN_MIN_DOLLAR_VOLUME")
     scan_min_relative_volume: float = Field(default=1.0, ge=0, validation_alias="CATALYST_SCAN_MIN_RELATIVE_VOLUME")
-    scan_min_gap_pct: float = Field(default=0.0, validation_alias="CATALYST_SCAN_MIN_GAP_PCT")
+    scan_min_gap_pct: float = Field(default=0.0, ge=-100, allow_inf_nan=False, validation_alias="CATALYST_SCAN_MIN_GAP_PCT")
     scan_max_gap_pct: float = Field(default=25.0, gt=0, validation_alias="CATALYST_SCAN_MAX_GAP_PCT")
     premarket_scan_minutes: float = Field(default=30.0, gt=0, le=330, validation_alias="CATALYST_PREMARKET_SCAN_MINUTES")
     news_max_age_hours: float = Field(default=24.0, gt=0, validation_alias="CATALYST_NEWS_MAX_AGE_HOURS")
@@ -272,6 +272,16 @@ class Settings(BaseSettings):
         top = info.data.get("max_position_value_usd")
         if top is not None and value > top:
             raise _refuse(f"{value:g} is above max_position_value_usd ({top:g}): no entry could be sized between them")
+        return value
+
+    @field_validator("scan_max_price", "scan_max_gap_pct")
+    @classmethod
+    def _scan_range_in_order(cls, value: float, info: ValidationInfo) -> float:
+        """A funnel filter's lowest value must lie below its highest, or nothing could ever pass."""
+        low_name = {"scan_max_price": "scan_min_price", "scan_max_gap_pct": "scan_min_gap_pct"}[info.field_name]
+        low = info.data.get(low_name)
+        if low is not None and low >= value:
+            raise _refuse(f"{value:g} is not above {low_name} ({low:g}): no symbol could pass the funnel's filter")
         return value
 
     @field_validator("max_hold_minutes_by_strategy", mode="before")

@@ -15,7 +15,7 @@ from tasks.base import CatalystTask
 
 @app.task(name="catalyst.scan_market", base=CatalystTask, bind=True)
 def scan_market(self, slot: str | None = None) -> int:
-    """Rank the universe for one schedule slot and hand the cycle to evaluation."""
+    """Run the candidate funnel for one schedule slot and hand the cycle to evaluation."""
     slot_at = task_args.slot(slot)
     cycle_id = scan(get_runtime(), slot_at or get_runtime().clock.now())
     evaluate_candidates.apply_async(args=[cycle_id])
@@ -28,7 +28,7 @@ def evaluate_candidates(self, cycle_id: int) -> list[str]:
     for p in planned:
         enter_position.apply_async(kwargs={
             "symbol": p.symbol, "qty": p.qty, "stop": p.stop_loss_price, "target": p.take_profit_price,
-            "cycle_id": p.cycle_id, "client_order_id": p.client_order_id, "reason": "momentum"})
+            "cycle_id": p.cycle_id, "client_order_id": p.client_order_id, "reason": p.reason})
     return [p.symbol for p in planned]
 
 

@@ -1095,13 +1095,18 @@ class FakeAlpaca(LocalServer):
                      "market_type": "stocks", "last_updated": _ts(self.now)}
 
     def _get_news(self, req) -> tuple[int, dict]:
+        """As documented: ``start`` defaults to the beginning of the current day and ``end`` to now (both
+        inclusive), articles are sorted by their updated date (``desc`` unless ``sort=asc``), ``limit`` 10 by
+        default and 50 at most per page, ``exclude_contentless`` drops articles without content."""
         q = req.query
         symbols = set(self._symbols(req))
-        start, end = _parse_time(q.get("start")), _parse_time(q.get("end"))
+        now = self.now
+        start = _parse_time(q.get("start")) or self._day_start(now.astimezone(NY).date())
+        end = _parse_time(q.get("end")) or now
+        contentless_out = q.get("exclude_contentless", "").lower() == "true"
         items = [n for n in self._news if (not symbols or symbols & set(n["symbols"]))
-                 and (start is None or _parse_time(n["created_at"]) >= start)
-                 and (end is None or _parse_time(n["created_at"]) <= end)]
-        items.sort(key=lambda n: (n["created_at"], n["id"]), reverse=q.get("sort", "desc") != "asc")
+                 and start <= _parse_time(n["created_at"]) <= end and not (contentless_out and not n["content"])]
+        items.sort(key=lambda n: (n["updated_at"], n["id"]), reverse=q.get("sort", "desc").lower() != "asc")
         page, token = self._page(q, items, default=10, cap=50)
         with_content = q.get("include_content", "").lower() == "true"
         return 200, {"news": [dict(n, content=n["content"] if with_content else "") for n in page],

@@ -28,7 +28,9 @@ def chain_env(tmp_path, pg_url, redis_url):
            "CATALYST_MARKET_DATA": "synthetic", "CATALYST_CLOCK": f"sim:{start.isoformat()}@30",
            "MONITOR_CHECK_INTERVAL": "60", "CATALYST_SCAN_INTERVAL": "1800",
            "CATALYST_MAX_POSITIONS": str(MAX_POSITIONS), "CATALYST_POSITION_SIZE_USD": "5000",
-           "CATALYST_HEARTBEAT_INTERVAL": "2"}
+           "CATALYST_HEARTBEAT_INTERVAL": "2",
+           # The synthetic market repeats its script every day: relative volume is always about 1.
+           "CATALYST_SCAN_MIN_RELATIVE_VOLUME": "0", "CATALYST_SCAN_MIN_GAP_PCT": "-5"}
     with environment(env):
         from catalyst.db.engine import upgrade
         from catalyst.settings import get_settings

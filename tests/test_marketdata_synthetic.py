@@ -259,3 +259,30 @@ def test_day_boundary_in_utc_uses_the_new_york_session(md):
     at = datetime(2025, 3, 13, 1, 0, tzinfo=timezone.utc)
     assert md.quote("STDY", at).timestamp == ny(DATES[0], 16, 0)
     assert md.quote("STDY", at + timedelta(hours=12, minutes=31)).timestamp == ny(date(2025, 3, 13), 9, 31)
+
+
+# -- what the funnel reads: the previous close, the pre-market price, scripted extra symbols ----------------
+
+def test_the_gap_is_measured_from_the_implied_previous_close_and_known_before_the_open(md):
+    d = DATES[0]
+    previous_close = md.previous_close("GAPU", ny(d, 8, 0))
+    assert previous_close == round(md.reference_price("GAPU", d), 2)
+    first_open = md.session_bars("GAPU", d)[0].open
+    assert first_open / previous_close - 1 == pytest.approx(0.04, abs=0.01)  # GAPU's scripted 4 % gap
+    pre = md.premarket_quote("GAPU", ny(d, 9, 0))
+    assert (pre.price, pre.timestamp) == (first_open, ny(d, 9, 0))
+    assert md.premarket_quote("GAPU", ny(d, 3, 0)) == md.quote("GAPU", ny(d, 3, 0))  # before 04:00: last close
+    assert md.premarket_quote("GAPU", ny(d, 10, 0)) == md.quote("GAPU", ny(d, 10, 0))  # in session: the quote
+    assert md.previous_close("GAPU", ny(date(2025, 3, 15), 10, 0)) is None  # a Saturday has no session
+
+
+def test_extra_scripted_symbols_can_be_priced_and_sized_for_a_test():
+    from catalyst.marketdata.synthetic import BEHAVIOURS, Behaviour
+
+    penny = Behaviour(((0, 0.0), (60, 0.4), (389, 0.4)), "PNNY runs", price=2.0, volume_scale=50.0)
+    md = SyntheticMarketData(behaviours={**BEHAVIOURS, "PNNY": penny})
+    assert "PNNY" in md.symbols() and "PNNY" not in SyntheticMarketData().symbols()
+    assert md.reference_price("PNNY", DATES[0]) == pytest.approx(2.0, rel=0.02)
+    assert md.quote("PNNY", ny(DATES[0], 10, 45)).price == pytest.approx(2.8, rel=0.03)
+    # the scripted twelve are untouched by the addition
+    assert md.quote("GAPU", ny(DATES[0], 11, 0)) == SyntheticMarketData().quote("GAPU", ny(DATES[0], 11, 0))

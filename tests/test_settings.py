@@ -463,11 +463,16 @@ def test_null_switches_signal_tiers_off_from_the_environment(monkeypatch):
 
 # -- limits and cross-field checks ----------------------------------------------------------------
 
+# Numbers that may be negative: the funnel's lowest gap (a stock a few % down at the open may reclaim).
+# A mapping of numbers (max hold per strategy) has its own checks.
+SIGNED = {"scan_min_gap_pct"}
+
+
 def _numeric_fields() -> list[tuple[str, str]]:
     out = []
     for name, field in Settings.model_fields.items():
-        if get_origin(field.annotation) is dict:
-            continue  # a mapping of numbers (max hold per strategy) has its own checks
+        if get_origin(field.annotation) is dict or name in SIGNED:
+            continue
         args = set(getattr(field.annotation, "__args__", ())) | {field.annotation}
         if args & {int, float}:
             out.append((name, str(field.validation_alias)))
@@ -560,3 +565,23 @@ def test_max_hold_per_strategy_must_be_minutes_above_zero(monkeypatch, value):
 def test_max_hold_per_strategy_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("CATALYST_MAX_HOLD_MINUTES", '{"opening_range_breakout": 90, "momentum": 180}')
     assert load_settings().max_hold_minutes_by_strategy == {"opening_range_breakout": 90.0, "momentum": 180.0}
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"CATALYST_SCAN_MIN_PRICE": "50", "CATALYST_SCAN_MAX_PRICE": "20"}, "scan_min_price"),
+    ({"CATALYST_SCAN_MIN_GAP_PCT": "30"}, "scan_min_gap_pct"),  # above the default 25 % maximum
+    ({"CATALYST_SCAN_MIN_GAP_PCT": "nan"}, "CATALYST_SCAN_MIN_GAP_PCT"),
+    ({"CATALYST_SCAN_MIN_GAP_PCT": "-inf"}, "CATALYST_SCAN_MIN_GAP_PCT"),
+    ({"CATALYST_SCAN_MIN_GAP_PCT": "-101"}, "CATALYST_SCAN_MIN_GAP_PCT"),  # -100 (a price of 0) is no floor at all
+])
+def test_the_funnel_filters_must_leave_room_to_pass(monkeypatch, env, fragment):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(BadInput) as info:
+        load_settings()
+    assert fragment in str(info.value)
+
+
+def test_a_gap_filter_may_start_below_zero(monkeypatch):
+    monkeypatch.setenv("CATALYST_SCAN_MIN_GAP_PCT", "-5")
+    assert load_settings().scan_min_gap_pct == -5.0

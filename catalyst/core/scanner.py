@@ -1,5 +1,8 @@
 """Scanner ranking and the entry rule: pure functions over market snapshots.
 
+A scan is the candidate funnel (:mod:`catalyst.core.funnel`); its momentum part is :func:`score`
+scaled to 0..1, and :func:`evaluate` screens the funnel's selection when a cycle is evaluated.
+
 The ranking favours intraday momentum confirmed by volume; the entry rule is deliberately
 simple (later issues deepen it) but already respects the halt flag, the position limit,
 symbols already held, and sizes each order from a fixed dollar amount.

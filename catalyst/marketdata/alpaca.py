@@ -19,10 +19,14 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from catalyst.core.domain import Bar, Quote, require_aware
+from catalyst.core.news import NewsItem
 from catalyst.core.sessions import Session, SessionCalendar
 
 log = structlog.get_logger("catalyst.alpaca_data")
 BATCH = 100
+NEWS_SYMBOLS_PER_CALL = 50
+NEWS_LIMIT = 50  # articles per call: Alpaca's largest page
+SCREENER_TOP = 50  # most actives (and half as many gainers) in the scanner's universe
 WAIT_FOR_PEER_SECONDS = 5.0
 BATCH_DONE = "__batch_done__"
 BARS_LOOKBACK = timedelta(days=5)  # at least this much history per bars call: thin symbols skip minutes
@@ -130,8 +134,8 @@ class AlpacaMarketData:
         self.calendar = calendar  # which minutes are regular; calendar_check swaps in the broker-corrected one
         self.client = StockHistoricalDataClient(api_key, secret_key, url_override=data_url)
         self.screener = ScreenerClient(api_key, secret_key, url_override=data_url)
-        self.news = NewsClient(api_key, secret_key, url_override=data_url)
-        for c in (self.client, self.screener, self.news):
+        self.news_client = NewsClient(api_key, secret_key, url_override=data_url)
+        for c in (self.client, self.screener, self.news_client):
             guard_client(c, timeout=timeout, bucket=bucket)
 
     # -- protocol ------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ class AlpacaMarketData:
             self.cache.put_many(cycle, {s: fetched.get(s) for s in missing}, max(self.cycle_seconds * 2, 30))
 
     # -- scanner source ---------------------------------------------------------------------------
-    def scan_universe(self, top: int = 20) -> list[str]:
+    def scan_universe(self, top: int = SCREENER_TOP) -> list[str]:
         """Most actives by volume plus the top gainers: where today's catalysts show up first."""
         from alpaca.data.requests import MarketMoversRequest, MostActivesRequest
 
@@ -189,15 +193,29 @@ class AlpacaMarketData:
         symbols = [a.symbol for a in actives.most_actives] + [g.symbol for g in movers.gainers]
         return sorted(set(symbols))
 
-    def catalyst(self, symbol: str) -> str | None:
-        """The latest news headline for ``symbol`` (a catalyst is news), or ``None``."""
+    def news(self, symbols: list[str], since: datetime, until: datetime) -> list[NewsItem]:
+        """Alpaca news (``GET /v1beta1/news``) about ``symbols`` published in ``[since, until]``, newest first.
+
+        Up to ``NEWS_SYMBOLS_PER_CALL`` symbols and ``NEWS_LIMIT`` articles per call (the scanner asks only for
+        the funnel's last few symbols); an article naming several of them counts for each.
+        """
         from alpaca.data.requests import NewsRequest
 
         from catalyst.alpaca_http import retry_after_rate_limit
 
-        found = retry_after_rate_limit(lambda: self.news.get_news(NewsRequest(symbols=symbol, limit=1)))
-        items = found.data.get("news", []) if hasattr(found, "data") else []
-        return items[0].headline if items else None
+        since, until = require_aware(since, "news since"), require_aware(until, "news until")
+        wanted = sorted(set(symbols))
+        items: list[NewsItem] = []
+        for i in range(0, len(wanted), NEWS_SYMBOLS_PER_CALL):
+            chunk = wanted[i:i + NEWS_SYMBOLS_PER_CALL]
+            request = NewsRequest(symbols=",".join(chunk), start=since.astimezone(UTC), end=until.astimezone(UTC),
+                                  sort="desc", limit=NEWS_LIMIT)
+            found = retry_after_rate_limit(lambda: self.news_client.get_news(request))
+            for article in (found.data.get("news", []) if hasattr(found, "data") else []):
+                items.extend(NewsItem(s, article.headline, article.created_at, getattr(article, "source", None))
+                             for s in article.symbols if s in chunk)
+        log.info("news_fetched", symbols=len(wanted), articles=len(items))
+        return sorted(items, key=lambda n: (n.created_at, n.symbol), reverse=True)
 
     # -- internals -------------------------------------------------------------------------------
     def _cycle(self, at: datetime) -> str:

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Protocol
 
 from catalyst.core.domain import Bar, Quote
+from catalyst.core.news import NewsItem
 
 
 class MarketData(Protocol):
@@ -24,3 +25,7 @@ class MarketData(Protocol):
 
     def bars(self, symbol: str, end: datetime, count: int) -> list[Bar]:
         """Up to ``count`` most recent 1-minute bars *completed* at or before ``end``, ascending."""
+
+    # Optional: a source without news answers no news; a failing source raises (the scan goes on without it).
+    def news(self, symbols: list[str], since: datetime, until: datetime) -> list[NewsItem]:
+        """Headlines about ``symbols`` published in ``[since, until]``, one item per symbol an article names."""

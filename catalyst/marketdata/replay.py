@@ -5,6 +5,10 @@ timestamps carrying a UTC offset; rows ascending per symbol. Everything is loade
 validated at construction so a bad file fails before any trading decision, naming the file,
 the line and the offending value.
 
+News (optional): a side file ``news.jsonl`` beside the (first) CSV, or in the replayed directory, one
+article per line: ``{"created_at": "<ISO-8601 with offset>", "symbols": ["AAA"], "headline": "..."}``.
+It is read with the bars (a bad line fails at construction, naming the line); without it there is no news.
+
 Timestamps keep the offset written in the file (``-04:00`` stays ``-04:00``), so bars and
 quotes read like the source; every comparison goes through UTC epoch seconds, so mixed
 offsets (e.g. across a DST change) still order correctly.
@@ -17,6 +21,7 @@ files, 1 day for daily files) and defaults to 60 s when a file cannot tell.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from bisect import bisect_right
 from collections.abc import Iterable
@@ -26,6 +31,7 @@ from os import PathLike
 from pathlib import Path
 
 from catalyst.core.domain import Bar, BadInput, Quote, UnknownSymbol, require_aware, require_price
+from catalyst.core.news import NewsItem
 
 HEADER = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
 DEFAULT_DURATION = 60.0
@@ -48,11 +54,20 @@ class _Series:
 class ReplayMarketData:
     """Recorded bars served with the same no-look-ahead rules as a live source."""
 
-    def __init__(self, path: PathArg | Iterable[PathArg]) -> None:
+    def __init__(self, path: PathArg | Iterable[PathArg], news: PathArg | None = None) -> None:
         files = _expand(path)
         self.name = f"replay:{path}" if isinstance(path, (str, PathLike)) else _list_name(files)
         self.files = files
         self._series = _merge([_read_file(f) for f in files])
+        news_path = Path(news) if news is not None else _news_beside(path, files)
+        self._news = _read_news(news_path) if news_path is not None else []
+
+    def news(self, symbols: list[str], since: datetime, until: datetime) -> list[NewsItem]:
+        """Articles of the side file published in ``[since, until]`` about ``symbols``, newest first."""
+        since, until = require_aware(since, "news since"), require_aware(until, "news until")
+        wanted = set(symbols)
+        found = [n for n in self._news if n.symbol in wanted and since <= n.created_at <= until]
+        return sorted(found, key=lambda n: (n.created_at, n.symbol), reverse=True)
 
     @classmethod
     def from_files(cls, paths: Iterable[PathArg]) -> ReplayMarketData:
@@ -270,3 +285,32 @@ def _sort_unique(symbol: str, s: _Series) -> None:
     s.starts = [s.starts[i] for i in order]
     s.bars = [s.bars[i] for i in order]
     s.origins = [s.origins[i] for i in order]
+
+
+NEWS_FILE = "news.jsonl"
+
+
+def _news_beside(path: PathArg | Iterable[PathArg], files: list[Path]) -> Path | None:
+    """``news.jsonl`` in the replayed directory, else beside the first file; ``None`` when there is none."""
+    first = Path(path) if isinstance(path, (str, PathLike)) else Path(next(iter(path)))
+    folder = first if first.is_dir() else files[0].parent
+    candidate = folder / NEWS_FILE
+    return candidate if candidate.is_file() else None
+
+
+def _read_news(path: Path) -> list[NewsItem]:
+    items: list[NewsItem] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {number}"
+        try:
+            article = json.loads(line)
+            created = _parse_timestamp(str(article["created_at"]), where)
+            headline, symbols = str(article["headline"]).strip(), article["symbols"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInput(f"{where}: expected {{created_at, symbols, headline}}: {exc}") from None
+        if not headline or not isinstance(symbols, list) or not all(isinstance(s, str) and s for s in symbols):
+            raise BadInput(f"{where}: needs a headline and a list of symbols")
+        items.extend(NewsItem(s, headline, created, article.get("source")) for s in symbols)
+    return items

@@ -21,8 +21,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from catalyst.core.domain import Bar, BadInput, Quote, UnknownSymbol, require_aware
+from catalyst.core.news import NewsItem
 
 SESSION_OPEN = time(9, 30)
+PREMARKET_OPEN = time(4, 0)
 SESSION_MINUTES = 390  # 09:30 .. 15:59 bar starts
 LOOKBACK_WEEKDAYS = 5  # previous weekdays searched by quote() and bars()
 _MINUTE = timedelta(minutes=1)
@@ -36,6 +38,9 @@ class Behaviour:
     headline: str
     noise: float = 0.0015  # stationary s.d. of the multiplicative AR(1) noise
     volume_collapse: bool = False
+    news_minute: int | None = None  # when the headline is published, minutes from the open (None: no news)
+    price: float | None = None  # the reference price's anchor (default: drawn from the seed, 20..400)
+    volume_scale: float = 1.0  # multiplies the seeded base volume
 
 
 def _chop_knots() -> tuple[tuple[int, float], ...]:
@@ -45,19 +50,22 @@ def _chop_knots() -> tuple[tuple[int, float], ...]:
 
 
 BEHAVIOURS: dict[str, Behaviour] = {
-    "UPTR": Behaviour(((0, 0.0), (389, 0.04)), "UPTR wins multi-year supply contract"),
-    "DNTR": Behaviour(((0, 0.0), (389, -0.04)), "DNTR guidance cut on weak demand"),
+    "UPTR": Behaviour(((0, 0.0), (389, 0.04)), "UPTR wins multi-year supply contract", news_minute=-45),
+    "DNTR": Behaviour(((0, 0.0), (389, -0.04)), "DNTR guidance cut on weak demand", news_minute=-120),
     "CRSH": Behaviour(
-        ((0, 0.0), (60, 0.0), (64, -0.09), (389, -0.085)), "CRSH halted after regulator probe report"
+        ((0, 0.0), (60, 0.0), (64, -0.09), (389, -0.085)), "CRSH halted after regulator probe report",
+        news_minute=61,
     ),
     "SPIK": Behaviour(
-        ((0, 0.0), (40, 0.12), (150, 0.01), (389, 0.0)), "SPIK takeover rumour denied by management"
+        ((0, 0.0), (40, 0.12), (150, 0.01), (389, 0.0)), "SPIK takeover rumour denied by management",
+        news_minute=10,
     ),
     "VOLC": Behaviour(
         ((0, 0.0), (389, -0.025)), "VOLC interest fades after morning upgrade", volume_collapse=True
     ),
     "CHOP": Behaviour(_chop_knots(), "CHOP trades sideways ahead of court ruling", noise=0.002),
-    "GAPU": Behaviour(((0, 0.04), (195, 0.16), (389, 0.165)), "GAPU beats earnings, raises outlook"),
+    "GAPU": Behaviour(((0, 0.04), (195, 0.16), (389, 0.165)), "GAPU beats earnings, raises outlook",
+                      news_minute=-90),
     "FLAT": Behaviour(((0, 0.0), (389, 0.0)), "FLAT no news", noise=0.0002),
     "SLID": Behaviour(((0, 0.0), (270, -0.06), (389, -0.06)), "SLID loses key customer"),
     "WHIP": Behaviour(
@@ -66,7 +74,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
         noise=0.002,
     ),
     "STDY": Behaviour(((0, 0.0), (389, 0.01)), "STDY dividend reaffirmed", noise=0.0008),
-    "MOON": Behaviour(((0, 0.0), (270, 0.20), (389, 0.21)), "MOON drug approved by FDA"),
+    "MOON": Behaviour(((0, 0.0), (270, 0.20), (389, 0.21)), "MOON drug approved by FDA", news_minute=30),
 }
 
 
@@ -100,13 +108,15 @@ class SyntheticMarketData:
 
     name = "synthetic"
 
-    def __init__(self, seed: int = 7, tz: str = "America/New_York") -> None:
+    def __init__(self, seed: int = 7, tz: str = "America/New_York",
+                 behaviours: dict[str, Behaviour] | None = None) -> None:
         self.seed = seed
         self.tz = ZoneInfo(tz)
+        self.behaviours = dict(BEHAVIOURS if behaviours is None else behaviours)  # tests add scripted symbols
         self._day = lru_cache(maxsize=1024)(self._generate_day)
 
     def symbols(self) -> list[str]:
-        return sorted(BEHAVIOURS)
+        return sorted(self.behaviours)
 
     def catalyst(self, symbol: str) -> str:
         """The made-up news headline that explains the symbol's behaviour."""
@@ -116,7 +126,8 @@ class SyntheticMarketData:
         """The implied prior close that ``day``'s path (and GAPU's gap) is measured from."""
         self._behaviour(symbol)
         _require_date(day)
-        anchor = _rng(self.seed, symbol).uniform(20.0, 400.0)
+        scripted = self.behaviours[symbol].price
+        anchor = scripted if scripted is not None else _rng(self.seed, symbol).uniform(20.0, 400.0)
         jitter = _rng(self.seed, symbol, day.isoformat(), "ref").uniform(-0.02, 0.02)
         return anchor * (1.0 + jitter)
 
@@ -127,6 +138,44 @@ class SyntheticMarketData:
         if day.weekday() >= 5:
             return ()
         return self._day(symbol, day)
+
+    def previous_close(self, symbol: str, at: datetime) -> float | None:
+        """The implied prior close of the session on ``at``'s weekday (what its gap is measured from).
+
+        Sessions are generated independently, so the previous weekday's last bar is not it.
+        """
+        day = require_aware(at, "previous close time").astimezone(self.tz).date()
+        return round(self.reference_price(symbol, day), 2) if day.weekday() < 5 else None
+
+    def premarket_quote(self, symbol: str, at: datetime) -> Quote | None:
+        """Before a weekday's open the gap is already known: from 04:00 the price is the day's opening price.
+
+        Outside that window (or once the session has started) this is :meth:`quote`.
+        """
+        at = require_aware(at, "quote time")
+        local = at.astimezone(self.tz)
+        day = local.date()
+        start = datetime.combine(day, PREMARKET_OPEN, tzinfo=self.tz)
+        if day.weekday() >= 5 or not start <= local < datetime.combine(day, SESSION_OPEN, tzinfo=self.tz):
+            return self.quote(symbol, at)
+        first = self.session_bars(symbol, day)[0]
+        return Quote(symbol, first.open, at, 0.0)
+
+    def news(self, symbols: list[str], since: datetime, until: datetime) -> list[NewsItem]:
+        """Each scripted symbol's headline, published ``news_minute`` from every weekday's open; newest first."""
+        since, until = require_aware(since, "news since"), require_aware(until, "news until")
+        items = []
+        for symbol in sorted(set(symbols)):
+            behaviour = self._behaviour(symbol)
+            if behaviour.news_minute is None:
+                continue
+            day = since.astimezone(self.tz).date()
+            while day <= until.astimezone(self.tz).date():
+                published = datetime.combine(day, SESSION_OPEN, tzinfo=self.tz) + behaviour.news_minute * _MINUTE
+                if day.weekday() < 5 and since <= published <= until:
+                    items.append(NewsItem(symbol, behaviour.headline, published, "synthetic"))
+                day += timedelta(days=1)
+        return sorted(items, key=lambda i: (i.created_at, i.symbol), reverse=True)
 
     def quote(self, symbol: str, at: datetime) -> Quote | None:
         """Close of the newest completed bar, stamped at its end.
@@ -159,9 +208,9 @@ class SyntheticMarketData:
 
     def _behaviour(self, symbol: str) -> Behaviour:
         try:
-            return BEHAVIOURS[symbol]
+            return self.behaviours[symbol]
         except (KeyError, TypeError):
-            known = ", ".join(sorted(BEHAVIOURS))
+            known = ", ".join(sorted(self.behaviours))
             raise UnknownSymbol(f"unknown symbol {symbol!r} for synthetic data; known: {known}") from None
 
     def _days_back(self, end: datetime) -> list[date]:
@@ -176,7 +225,7 @@ class SyntheticMarketData:
 
     def _generate_day(self, symbol: str, day: date) -> tuple[Bar, ...]:
         """Script + noise for one session; pure in (seed, symbol, day)."""
-        behaviour = BEHAVIOURS[symbol]
+        behaviour = self.behaviours[symbol]
         rng = _rng(self.seed, symbol, day.isoformat())
         minutes, returns = zip(*behaviour.knots)
         # Points 0..390: point k is the price at minute boundary k (open of bar k).
@@ -185,7 +234,7 @@ class SyntheticMarketData:
         prices = self.reference_price(symbol, day) * (1 + path) * (1 + noise)
         prices = np.maximum(np.round(prices, 2), 0.01)
         wicks = np.abs(rng.standard_normal((2, SESSION_MINUTES))) * max(behaviour.noise, 0.0003) * 0.5
-        base_volume = _rng(self.seed, symbol, "volume").uniform(5_000, 200_000)
+        base_volume = _rng(self.seed, symbol, "volume").uniform(5_000, 200_000) * behaviour.volume_scale
         volumes = base_volume * _volume_profile(behaviour) * rng.uniform(0.75, 1.3, SESSION_MINUTES)
         start = datetime.combine(day, SESSION_OPEN, tzinfo=self.tz)
         return tuple(
