@@ -9,9 +9,10 @@ why it stopped, and the numbers behind every verdict; the cycle keeps the counts
 Evaluation screens each *selected* candidate (trading state, symbol held, momentum, RSI, position limit),
 sizes the survivors (:mod:`catalyst.core.sizing`: whole shares, stop and target) and runs the
 same pre-trade risk checks admission will run (:mod:`catalyst.core.risk`), against the book plus
-the entries already planned in this cycle. Every verdict lands in ``decisions``. Admission checks
-again under the entry gate when each entry is sent: the plan is advice, the gate is the rule.
-A pre-market cycle plans no entries: its selection is the day's watchlist.
+the entries already planned in this cycle. With ``settings.entry_review`` Claude then reviews the
+entries the rules chose (:mod:`catalyst.entry_review`) and may veto one (``advisor_rejected``).
+Every verdict lands in ``decisions``. Admission checks again under the entry gate when each entry
+is sent: the plan is advice, the gate is the rule. A pre-market cycle plans no entries: its selection is the day's watchlist.
 """
 
 from __future__ import annotations
@@ -224,12 +225,15 @@ def evaluate_cycle(rt: Runtime, cycle_id: int, worker: str | None = None) -> lis
         candidates = [(Candidate(r.symbol, r.rank, r.score, r.price, r.change_pct, r.volume, r.relative_volume,
                                  r.catalyst, r.rsi), sector_of(rt, r.symbol) or sector,
                        (r.details or {}).get("strategy") or NO_PATTERN) for r, sector in rows]
+        evidence = {r.symbol: dict(r.details or {}) for r, _ in rows}  # the funnel's numbers, for the review
         book = book_snapshot(s, rt, now)  # entries still in flight count as held, for every limit
     if kind == funnel.PREMARKET:  # the pre-market selection is the day's watchlist, never an order
         verdicts = [_Verdict(c.symbol, "skip", "premarket_watchlist", {"rank": c.rank, "score": c.score})
                     for c, _, _ in candidates]
     else:
         verdicts = _judge(rt, candidates, book, now)  # equity and ATR are read here, outside any transaction
+        if rt.settings.entry_review:
+            verdicts = _reviewed(rt, cycle_id, verdicts, [c for c, _, _ in candidates], evidence, now, worker)
     with session_scope() as s:
         answer = _previous_answer(s, cycle_id)
         if answer is not None:  # a concurrent evaluation of this cycle answered first
@@ -282,6 +286,7 @@ def _judge(rt: Runtime, candidates: list[tuple[Candidate, str | None, str]], boo
             continue
         entry = risk.Entry(c.symbol, plan.qty, c.price, plan.stop, plan.target, sector)
         details = {"qty": plan.qty, "stop": plan.stop, "target": plan.target, "price": c.price, "sector": sector,
+                   "reward_risk": entry.reward_risk,
                    "sizing": plan.as_dict(), "strategy": strategy}
         refusals = risk.check_entry(entry, book, limits)
         if refusals:
@@ -291,6 +296,45 @@ def _judge(rt: Runtime, candidates: list[tuple[Candidate, str | None, str]], boo
         verdicts.append(_Verdict(c.symbol, "enter", strategy, details))
         book = book.with_entry(entry)
     return verdicts
+
+
+def _reviewed(rt: Runtime, cycle_id: int, verdicts: list[_Verdict], candidates: list[Candidate],
+              evidence: dict[str, dict], now: datetime, worker: str | None) -> list[_Verdict]:
+    """Claude's review of the entries the rules chose: a veto turns the entry into an ``advisor_rejected`` skip.
+
+    A fallback (no key, cap, budget, timeout, error, malformed answer) keeps the rules verdict. The
+    review rides along in the verdict's details either way.
+    """
+    from catalyst.entry_review import review_entries
+
+    by_symbol = {c.symbol: c for c in candidates}
+    proposals = [_proposal(v, by_symbol[v.symbol], evidence.get(v.symbol, {})) for v in verdicts
+                 if v.action == "enter"]
+    if not proposals:
+        return verdicts
+    reviews = {r.symbol: r for r in review_entries(rt, cycle_id, proposals, now, worker)}
+    reviewed = []
+    for v in verdicts:
+        review = reviews.get(v.symbol) if v.action == "enter" else None
+        if review is None:
+            reviewed.append(v)
+            continue
+        details = {**v.details, "review": review.as_dict()}
+        reviewed.append(replace(v, details=details) if review.enter
+                        else _Verdict(v.symbol, "skip", "advisor_rejected", details))
+    return reviewed
+
+
+def _proposal(v: _Verdict, c: Candidate, evidence: dict):
+    """What the reviewer judges: the sized entry, the candidate's numbers and the funnel's stored evidence
+    (``scan_results.details``: patterns, indicators, news headline and age)."""
+    from catalyst.entry_review import EntryProposal
+
+    d = v.details
+    return EntryProposal(symbol=v.symbol, price=d["price"], qty=d["qty"], stop=d["stop"], target=d["target"],
+                         reward_risk=d.get("reward_risk"), score=c.score, rank=c.rank,
+                         details={"change_pct": c.change_pct, "volume": c.volume, "relative_volume": c.relative_volume,
+                                  "rsi": c.rsi, "catalyst": c.catalyst, "sector": d.get("sector"), **evidence})
 
 
 class _SizingInputs:
