@@ -17,6 +17,13 @@ from catalyst.settings import Settings
 
 MONITOR_PREFIX = "monitor-position-"
 RECONCILE_ENTRY = "reconcile"  # sent first in a tick: at a session's first slot it goes before every check
+RISK_ENTRY = "check-risk"  # sent next: in a crash the account-level stop goes out before the positions' checks
+FIRST = (RECONCILE_ENTRY, RISK_ENTRY)
+
+
+def send_order(name: str) -> int:
+    """Where an entry goes in one tick's sends: the watchdog, the risk monitor, then the rest."""
+    return FIRST.index(name) if name in FIRST else len(FIRST)
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ def static_entries(settings: Settings) -> list[WantedEntry]:
                         -settings.premarket_scan_minutes * 60.0),
             WantedEntry("scan-market", "catalyst.scan_market", "scan", (), settings.scan_interval),
             WantedEntry(RECONCILE_ENTRY, "catalyst.reconcile", "maintenance", (), settings.reconcile_interval),
-            WantedEntry("check-risk", "catalyst.check_risk", "maintenance", (), settings.risk_check_interval),
+            WantedEntry(RISK_ENTRY, "catalyst.check_risk", "maintenance", (), settings.risk_check_interval),
             WantedEntry("daily-summary", "catalyst.daily_summary", "maintenance", (), DAY, "close",
                         SUMMARY_AFTER_CLOSE)]
 

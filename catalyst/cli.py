@@ -376,12 +376,14 @@ def replay(data: tuple[str, ...], positions_file: str, as_json: bool) -> None:
 @main.command()
 @click.option("--speed", type=float, default=None, help="Simulated seconds per real second (default fits 3 min).")
 @click.option("--date", "day", default=None, help="Session date to simulate (YYYY-MM-DD; default: a recent one).")
-def demo(speed: float | None, day: str | None) -> None:
+@click.option("--scenario", type=click.Choice(["normal", "crash"]), default="normal", show_default=True,
+              help="crash: a market-wide slide and a flash crash that trip the daily loss limit.")
+def demo(speed: float | None, day: str | None, scenario: str) -> None:
     """Run one whole simulated session with a real worker and beat on the embedded default."""
     from catalyst.demo import run_demo
 
     try:
-        code = run_demo(speed=speed, day=day)
+        code = run_demo(speed=speed, day=day, scenario=scenario)
     except CatalystError as exc:
         _fail(exc)
     sys.exit(code)

@@ -66,3 +66,43 @@ def trades_table(positions: list[Position], tz) -> tuple[str, dict]:
     totals = {"trades": len(positions), "closed": closed, "open": len(positions) - closed, "wins": wins,
               "realized_pnl": round(realized, 2), "unrealized_pnl": round(unrealized, 2)}
     return text, totals
+
+
+FUNNEL_STAGES = ("universe", "filters", "technicals", "patterns", "news", "risk", "selected")
+
+
+def funnel_table(cycles: list, entered: dict[int, int], tz) -> str:
+    """One line per scan: how many symbols survived each stage, and how many were entered."""
+    rows = []
+    for c in cycles:
+        counts = c.funnel or {}
+        rows.append([c.slot_at.astimezone(tz).strftime("%H:%M"), c.kind,
+                     *(counts.get(stage, "-") for stage in FUNNEL_STAGES), entered.get(c.id, 0)])
+    return table(["scan", "kind", *FUNNEL_STAGES, "entered"], rows, "ll" + "r" * (len(FUNNEL_STAGES) + 1))
+
+
+def entries_table(decisions: list, tz) -> str:
+    """Each entry the rules decided, with the size and the protective prices they gave it."""
+    rows = []
+    for d in decisions:
+        info = d.details or {}
+        sizing = info.get("sizing") or {}
+        price, qty = info.get("price"), info.get("qty")
+        value = price * qty if price and qty else None
+        stop, target = info.get("stop"), info.get("target")
+        ratio = (target - price) / (price - stop) if price and stop and target and price > stop else None
+        rows.append([d.decided_at.astimezone(tz).strftime("%H:%M"), d.symbol, d.reason, qty, price, value, stop,
+                     target, f"{ratio:.2f}" if ratio else "-",
+                     f"{sizing.get('mode', '-')}{' (capped)' if sizing.get('capped') else ''}"])
+    return table(["time", "symbol", "strategy", "qty", "price", "value", "stop", "target", "R:R", "sizing"], rows,
+                 "lllrrrrrrl")
+
+
+def notifications_table(notes: list, tz) -> str:
+    """What the operator was told, and where it was delivered."""
+    rows = []
+    for n in notes:
+        channels = ", ".join(f"{name}:{(d or {}).get('status', '?')}" for name, d in (n.deliveries or {}).items())
+        rows.append([n.occurred_at.astimezone(tz).strftime("%H:%M"), n.severity, n.event, n.title[:60],
+                     channels or n.status])
+    return table(["time", "severity", "event", "title", "delivery"], rows)

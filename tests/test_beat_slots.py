@@ -40,7 +40,8 @@ def clock(tmp_path, pg_url, redis_url):
     """Real PostgreSQL + Redis settings and a runtime whose market time moves only when the test says."""
     env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
            "CATALYST_SCAN_INTERVAL": "900", "MONITOR_CHECK_INTERVAL": "900", "CATALYST_BEAT_LEASE_SECONDS": "20",
-           "CATALYST_RECONCILE_INTERVAL": "23400"}  # the watchdog once a session, at the open
+           "CATALYST_RECONCILE_INTERVAL": "23400",  # the watchdog once a session, at the open
+           "CATALYST_RISK_CHECK_INTERVAL": "23400"}  # and the guard
     with environment(env):
         manual = ManualClock(at(10, 15))
         use_runtime(build_runtime(get_settings(), manual))
@@ -215,7 +216,7 @@ def test_a_release_that_fails_is_retried_when_postgres_returns(clock, app, redis
     assert entry("scan-market").total_sent == 1
 
 
-def test_the_watchdog_is_sent_before_any_check_at_the_first_slot_of_a_session(clock, app, redis_url):
+def test_the_watchdog_and_the_guard_are_sent_before_any_check_at_the_first_slot_of_a_session(clock, app, redis_url):
     ids = [seed_position(s, 50.0, at(9, 0) - timedelta(days=1)) for s in ("AAA", "BBB")]
     clock.set(at(9, 29))  # before the open: nothing is due
     beat = CatalystScheduler(app=app)
@@ -230,8 +231,8 @@ def test_the_watchdog_is_sent_before_any_check_at_the_first_slot_of_a_session(cl
         beat.tick()
     finally:
         beat.close()
-    assert order[1] == "reconcile"
-    assert set(order[2:]) == {"scan-market", "check-risk", *(f"monitor-position-{i}" for i in ids)}
+    assert order[1:3] == ["reconcile", "check-risk"], "the watchdog, then the daily-loss guard, before any check"
+    assert set(order[3:]) == {"scan-market", *(f"monitor-position-{i}" for i in ids)}
 
 
 def test_the_premarket_scan_goes_out_once_before_each_open_and_never_after_it(clock, app, redis_url):

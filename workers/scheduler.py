@@ -150,7 +150,7 @@ class CatalystScheduler(Scheduler):
         # (after one, while Redis is known to be away) and leave the rest due for the next tick.
         give_up_after = 1 if self._outage_kind == "redis" else BROKER_DOWN_AFTER
         failed, sent_any = 0, False
-        for row in sorted(rows, key=lambda r: r.name != beat_schedule.RECONCILE_ENTRY):  # the watchdog goes first
+        for row in sorted(rows, key=lambda r: beat_schedule.send_order(r.name)):  # the watchdog, the guard, the rest
             if row.next_run_at is None or row.next_run_at > now:
                 continue
             try:

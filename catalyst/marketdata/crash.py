@@ -14,9 +14,9 @@ import numpy as np
 
 from catalyst.core.domain import Bar, Quote
 
-# 11:00 slide to -4 % by 11:20, a pause, then a flash crash to -11 % at 12:00, where it stays.
-CRASH_KNOTS: tuple[tuple[float, float], ...] = ((0, 0.0), (90, 0.0), (110, -0.04), (150, -0.04), (151, -0.11),
-                                                (390, -0.11))
+# From 11:00 a slide to -10 % by 11:10, a pause, then a flash crash to -25 % at 12:00, where it stays.
+CRASH_KNOTS: tuple[tuple[float, float], ...] = ((0, 0.0), (90, 0.0), (100, -0.10), (150, -0.10), (151, -0.25),
+                                                (390, -0.25))
 
 
 class CrashMarketData:
