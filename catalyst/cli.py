@@ -281,7 +281,8 @@ def halt(reason: str, keep_positions: bool, as_json: bool) -> None:
     if report.filled_first:
         lines.append(f"entries that filled before their cancel (now positions, closed): {', '.join(report.filled_first)}")
     if report.unresolved:
-        lines.append(f"entries the broker has not settled yet (the risk monitor retries): {', '.join(report.unresolved)}")
+        lines.append("entries still in flight or not settled at the broker (not cancelled yet; the risk monitor "
+                     f"looks again every minute): {', '.join(report.unresolved)}")
     if keep_positions:
         lines.append("positions kept (still monitored): " + (", ".join(
             f"{p['id']} {p['symbol']}" for p in touched.values()) or "none"))
@@ -293,6 +294,9 @@ def halt(reason: str, keep_positions: bool, as_json: bool) -> None:
                   for pid in report.closing if pid in touched]
         if report.already_closing:
             lines.append("already closing (left to their exit): " + ", ".join(map(str, report.already_closing)))
+        if report.close_failed:
+            lines.append("positions whose exit could not be started (retried by the risk monitor and each "
+                         "position's monitor): " + ", ".join(map(str, report.close_failed)))
     lines.append("nothing enters until `catalyst resume --confirm`")
     _emit(data, as_json, "\n".join(lines))
 

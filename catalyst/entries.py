@@ -6,6 +6,10 @@
   is at the moment the intent row is written, counting every entry still in flight (pending,
   unknown, working, or filled but not yet a position), so neither a halt nor a concurrent entry
   can slip past a limit. The scanner's entries and an operator's are checked alike.
+- **The send is claimed under the same lock** (:func:`claim_send`): the intent moves
+  ``pending_submit → submitting`` only while trading is ACTIVE, so no send is claimed once HALTED
+  commits; the emergency stop retires only intents never claimed, and treats a claimed one as at the
+  broker or about to be (cancelled there, or looked for again by the next check).
 - **Once an order may exist at the broker nothing gives up on it**: a retry resumes the
   recorded intent (no re-validation that a moved quote or a data outage could fail), every
   broker or transport error becomes :class:`OrderPending` (the task retries), and what is
@@ -45,6 +49,11 @@ log = structlog.get_logger("catalyst.entries")
 ENTRY_GATE = "entry_gate"
 # An entry order in one of these states with nothing filled is over: the broker holds nothing for it.
 DEAD_ENTRY_STATUSES = ("canceled", "rejected", "expired", "done_for_day", "replaced")
+# Not known to be at the broker: admitted and never claimed (``pending_submit``), claimed for sending
+# under the gate (``submitting``), or sent with an outcome nobody heard (``unknown``).
+SENDABLE_STATUSES = ("pending_submit", "submitting", "unknown")
+CLAIMED_STATUSES = ("submitting", "unknown")  # a send was claimed: it may be at the broker
+SEND_GRACE = timedelta(minutes=2)  # a claimed send not at the broker after this long died before it was sent
 
 
 class EntryRefused(BadInput):
@@ -221,14 +230,9 @@ def open_position(rt: Runtime, *, symbol: str, qty: float, client_order_id: str,
         admit_entry(rt, client_order_id=client_order_id, symbol=symbol, qty=qty, price=quote.price, stop=stop,
                     target=target, cycle_id=cycle_id, worker=worker)
         intent = _recorded_intent(client_order_id)
-        if intent.status in DEAD_ENTRY_STATUSES and (intent.filled_qty or 0) <= 0:
-            # An emergency stop retired it between its admission and now: it is never sent.
-            raise EntryRefused("retired", f"entry {client_order_id} was {intent.status} before it was sent "
-                                          f"({intent.error})")
-    elif intent.status in DEAD_ENTRY_STATUSES and (intent.filled_qty or 0) <= 0:
-        raise EntryRefused("retired", f"entry {client_order_id} is {intent.status} ({intent.error}): never sent again")
-    elif intent.status in ("pending_submit", "unknown"):
-        _recheck_unsent(rt, intent, worker)
+        claim_send(rt, intent, worker, fresh=True)
+    else:
+        claim_send(rt, intent, worker, fresh=False)
     legs = {"stop_loss_price": intent.stop_loss_price, "take_profit_price": intent.take_profit_price} \
         if rt.broker.supports_legs and intent.stop_loss_price is not None else {}
     try:
@@ -346,32 +350,46 @@ def _refused(entry: risk.Entry, refusals: list[risk.Refusal], client_order_id: s
 INTENT_TTL = timedelta(minutes=10)  # an entry not sent by then is a stale decision: it is never sent
 
 
-def _recheck_unsent(rt: Runtime, intent: Order, worker: str | None) -> None:
-    """An intent the broker may never have received: if it has not, the gate is asked again, under its lock.
+def claim_send(rt: Runtime, intent: Order, worker: str | None, *, fresh: bool) -> None:
+    """Claim the right to send ``intent``, under the entry gate, at the moment of sending.
 
-    The halt, the symbol and the limit may have changed since admission; an intent older than
-    ``INTENT_TTL`` is retired instead (reconciliation retires it too, later, under the same lock).
+    In one transaction under the lock admission and every state change take, the order row moves
+    ``pending_submit`` (or a claim that never reached the broker) to ``submitting`` by a conditional
+    update, and only while trading is ACTIVE: once HALTED commits no send is claimed again, and an
+    emergency stop treats a claimed entry as at the broker or about to be (it cancels it there, or
+    leaves it to the next check), never as retired. A fresh admission is checked again for the state
+    only (the limits were judged a moment ago, with this intent in flight); a retry or redelivery asks
+    the broker by client id first (there: it is adopted, never sent twice) and then meets every limit
+    again, and an intent older than ``INTENT_TTL`` is never sent. Returns when the send may go ahead
+    (or the order is already at the broker: the submit adopts it); raises :class:`EntryRefused`
+    (retired: nothing sent) or :class:`OrderPending` (a claim too recent to be declared dead).
     """
-    try:
-        at_broker = rt.broker.get_order(intent.client_order_id)
-    except (BrokerError, OSError) as exc:
-        raise OrderPending(f"entry {intent.client_order_id}: broker unreachable ({exc})") from exc
-    if at_broker is not None:
-        return  # it is there: the submit adopts it
+    retired = intent.status in DEAD_ENTRY_STATUSES and (intent.filled_qty or 0) <= 0
+    if retired and not fresh:
+        raise EntryRefused("retired", f"entry {intent.client_order_id} is {intent.status} ({intent.error}): "
+                                      "never sent again")
+    if not retired and intent.status not in SENDABLE_STATUSES:
+        return  # at the broker already (a concurrent delivery sent it): the submit adopts it by client id
+    if not fresh and _at_broker(rt, intent):
+        return  # a claimed send that arrived: adopted, never sent again
     now = rt.clock.now()
     price = intent.reference_price
-    if price is None and now - intent.created_at <= INTENT_TTL:
+    if not fresh and price is None and now - intent.created_at <= INTENT_TTL:
         price = _quoted_price(rt, intent)  # an intent from before entries kept their price (read before the lock)
-    entry, refusals = None, []
+    entry = risk.Entry(intent.symbol, intent.qty, price or 0.0, intent.stop_loss_price, intent.take_profit_price)
     with session_scope() as s:
         lock_entry_gate(s, now)
-        status, filled = s.execute(select(Order.status, Order.filled_qty)
-                                   .where(Order.client_order_id == intent.client_order_id)).one()
-        if status in DEAD_ENTRY_STATUSES and (filled or 0) <= 0:
-            refusals = [risk.Refusal("retired", f"entry {intent.client_order_id} was retired ({status}) "
+        row = s.execute(select(Order.status, Order.filled_qty, Order.submitted_at, Order.updated_at)
+                        .where(Order.client_order_id == intent.client_order_id)).one()
+        if row.status in DEAD_ENTRY_STATUSES and (row.filled_qty or 0) <= 0:
+            refusals = [risk.Refusal("retired", f"entry {intent.client_order_id} was retired ({row.status}) "
                                                 "before it was sent")]
-        elif status not in ("pending_submit", "unknown"):
+        elif row.status not in SENDABLE_STATUSES:
             return  # a concurrent delivery sent it meanwhile (e.g. it filled): the submit adopts it
+        elif fresh:
+            state, why = trading_state(s, risk.market_day(now, rt.calendar.tz))
+            refusal = risk.state_refusal(state, why, intent.symbol)
+            refusals = [refusal] if refusal else []
         elif now - intent.created_at > INTENT_TTL:
             refusals = [risk.Refusal("expired", f"entry {intent.client_order_id} was not sent within "
                                                 f"{int(INTENT_TTL.total_seconds() // 60)} min: a stale decision "
@@ -381,14 +399,33 @@ def _recheck_unsent(rt: Runtime, intent: Order, worker: str | None) -> None:
                                _sector(s, rt, intent.symbol))
             refusals = _refusal(s, rt, entry, intent.client_order_id, now)
         if not refusals:
-            return
-        s.execute(update(Order).where(Order.client_order_id == intent.client_order_id,
-                                      Order.status.in_(("pending_submit", "unknown")))
-                  .values(status="canceled", error=f"{refusals[0].reason} before it was sent", updated_at=now))
-        entry = entry or risk.Entry(intent.symbol, intent.qty, price, intent.stop_loss_price,
-                                    intent.take_profit_price)
+            claimed = s.execute(update(Order).where(Order.client_order_id == intent.client_order_id,
+                                                    Order.status == row.status)
+                                .values(status="submitting", submitted_at=now, updated_at=now)).rowcount == 1
+            log.info("entry_send_claimed" if claimed else "entry_send_claimed_elsewhere",
+                     client_order_id=intent.client_order_id, was=row.status)
+            return  # lost the row to a report of its send: the submit adopts that order by client id
+        if row.status in CLAIMED_STATUSES:
+            claimed_at = row.submitted_at or row.updated_at
+            if now - claimed_at <= SEND_GRACE:
+                # A send may be under way (a redelivery racing its first delivery): never retired under it.
+                raise OrderPending(f"entry {intent.client_order_id} was claimed for sending "
+                                   f"{(now - claimed_at).total_seconds():.0f} s ago and is not at the broker yet: "
+                                   f"{refusals[0].reason}, resolved again later")
+        if refusals[0].reason != "retired":
+            s.execute(update(Order).where(Order.client_order_id == intent.client_order_id,
+                                          Order.status == row.status)
+                      .values(status="canceled", error=f"{refusals[0].reason} before it was sent", updated_at=now))
         _record_refusal(s, entry, refusals, intent.client_order_id, intent.cycle_id, now, worker)
     raise _refused(entry, refusals, intent.client_order_id)
+
+
+def _at_broker(rt: Runtime, intent: Order) -> bool:
+    """Whether the broker has this client id (a retry's first question: what it has is adopted, not resent)."""
+    try:
+        return rt.broker.get_order(intent.client_order_id) is not None
+    except (BrokerError, OSError) as exc:
+        raise OrderPending(f"entry {intent.client_order_id}: broker unreachable ({exc})") from exc
 
 
 def _quoted_price(rt: Runtime, intent: Order) -> float:
@@ -400,13 +437,18 @@ def _quoted_price(rt: Runtime, intent: Order) -> float:
         raise OrderPending(f"entry {intent.client_order_id}: no price to check it against the limits ({exc})") from exc
 
 
-def retire_unsent_entry(client_order_id: str, now, reason: str) -> bool:
-    """Reconciliation's side: retire an entry intent the broker never received, under the gate lock,
-    with a status the entry path never sends (``canceled``). True when it was retired."""
+def retire_unsent_entry(client_order_id: str, now, reason: str, *, unclaimed_only: bool = False) -> bool:
+    """Retire an entry intent the broker never received, under the gate lock, with a status the entry
+    path never sends (``canceled``). True when it was retired.
+
+    ``unclaimed_only`` (the emergency stop): only an intent whose send was never claimed; a claimed one
+    may be on its way to the broker. Reconciliation retires claimed ones too, long after any send.
+    """
+    statuses = ("pending_submit",) if unclaimed_only else SENDABLE_STATUSES
     with session_scope() as s:
         lock_entry_gate(s, now)
         return s.execute(update(Order).where(Order.client_order_id == client_order_id,
-                                             Order.status.in_(("pending_submit", "unknown")))
+                                             Order.status.in_(statuses))
                          .values(status="canceled", error=reason, updated_at=now)).rowcount == 1
 
 

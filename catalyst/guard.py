@@ -7,11 +7,13 @@ admission takes), so no entry is admitted after a halt commits. The rules are pu
 
 - at ``daily_loss_warning_pct`` of ``max_daily_loss_usd`` the state becomes REDUCING for the rest
   of the market day (no new entries, exits continue); it lifts on its own on the next market day;
-- at the limit, an **emergency stop**: HALTED is persisted first, then every entry still in flight
-  is cancelled at the broker (or retired before it is sent; a part that filled first becomes a
-  position), then every open position is moved to ``closing`` with ``emergency_stop`` (exactly one
-  caller wins each) and handed to the normal exit path. Every later check while HALTED closes
-  whatever is still open (a late fill), never a position twice;
+- at the limit, an **emergency stop**: HALTED is persisted first (with its alert, in the same
+  transaction: an outbox), then every open position is moved to ``closing`` with ``emergency_stop``
+  (exactly one caller wins each) and handed to the normal exit path, then every entry still in
+  flight is cancelled at the broker (or retired if its send was never claimed; one claimed for
+  sending is left to the next check, never called cancelled; a part that filled first becomes a
+  position and is closed too). One entry failing in any way never stops the rest. Every later
+  check while HALTED closes whatever is still open (a late fill), never a position twice;
 - only an operator lifts HALTED (``catalyst resume --confirm``); the monitor never lowers a state.
 """
 
@@ -34,7 +36,7 @@ from catalyst.db.engine import session_scope
 from catalyst.db.models import Order, Position
 from catalyst.db.models import TradingState as StateRow
 from catalyst.entries import STATE_KEY, book_snapshot, lock_entry_gate, open_from_fill, retire_unsent_entry
-from catalyst.notify import notify
+from catalyst.notify import Recorded, record_in, release
 from catalyst.positions import request_exit
 from catalyst.records import record_decision
 from catalyst.runtime import Runtime
@@ -64,11 +66,13 @@ class StopReport:
     already_closing: list[int] = field(default_factory=list)  # left to the exit already under way
     cancelled: list[str] = field(default_factory=list)  # entry orders cancelled at the broker or retired unsent
     filled_first: list[str] = field(default_factory=list)  # entries that bought shares before the cancel landed
-    unresolved: list[str] = field(default_factory=list)  # entries the broker could not settle yet (next check)
+    unresolved: list[str] = field(default_factory=list)  # entries not settled yet: in flight, or the broker
+    # could not say (the next check looks again); never counted as cancelled
+    close_failed: list[int] = field(default_factory=list)  # positions whose move to their exit failed (next check)
 
     def as_dict(self) -> dict:
         return {"closing": self.closing, "already_closing": self.already_closing, "cancelled": self.cancelled,
-                "filled_first": self.filled_first, "unresolved": self.unresolved}
+                "filled_first": self.filled_first, "unresolved": self.unresolved, "close_failed": self.close_failed}
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ def check_risk(rt: Runtime, *, dispatch: Dispatch, worker: str | None = None) ->
     """One risk check: judge the day's P&L under the entry gate, write a state change, then act on it."""
     now = rt.clock.now()
     today = risk.market_day(now, rt.calendar.tz)
+    alert = None
     with session_scope() as s:
         lock_entry_gate(s, now)
         current, value = stored_state(s)
@@ -133,12 +138,12 @@ def check_risk(rt: Runtime, *, dispatch: Dispatch, worker: str | None = None) ->
                             worker=worker, details={"state": verdict.state.value, "from": current.state.value,
                                                     "daily_pnl": pnl.as_dict() if pnl else None,
                                                     "by": MONITOR})
+            alert = _announce(s, verdict, pnl, today, now)
     log.info("risk_checked", state=verdict.state.value, change=verdict.change,
              **({f"pnl_{k}": v for k, v in pnl.as_dict().items()} if pnl else {"pnl": None}))
-    if verdict.change:
-        _announce(verdict, pnl, today, now)
+    release(alert)
     stop = stop_trading(rt, dispatch, flatten=verdict.flatten) if verdict.state is TradingState.HALTED else None
-    if stop and (stop.closing or stop.cancelled or stop.filled_first):
+    if stop and (stop.closing or stop.cancelled or stop.filled_first or stop.close_failed):
         log.warning("emergency_stop_actions", **stop.as_dict())
     return CheckResult(verdict.state, verdict.change, pnl, stop)
 
@@ -151,19 +156,27 @@ def _monitor_reason(verdict: risk.GuardVerdict, pnl: risk.DailyPnl | None) -> st
             "lift": "a new market day: the daily loss warning has lifted"}[verdict.change]
 
 
-def _announce(verdict: risk.GuardVerdict, pnl: risk.DailyPnl | None, today, now: datetime) -> None:
+def _announce(s, verdict: risk.GuardVerdict, pnl: risk.DailyPnl | None, today, now: datetime) -> Recorded | None:
+    """The alert for a state change, recorded in the transaction that writes it (one per write: its key
+    names the write's time, so a second stop on the same day after a resume is announced too)."""
     context = {"state": verdict.state.value, "market_day": today.isoformat(),
                **({"daily_pnl": pnl.as_dict()} if pnl else {})}
     figures = pnl.describe() if pnl else "today's P&L unknown"
     if verdict.change in ("halt", "flatten"):
-        notify(EMERGENCY_STOP, "critical", "Emergency stop: daily loss limit reached",
-               f"{figures}. Trading is HALTED, open entry orders are cancelled and every position is being "
-               "closed (emergency_stop). Nothing enters until `catalyst resume --confirm`.",
-               context=context, dedupe_key=f"{EMERGENCY_STOP}:{today.isoformat()}", occurred_at=now)
-    elif verdict.change == "reduce":
-        notify("daily_loss_warning", "warning", "Daily loss warning: reducing risk",
-               f"{figures}. No new entries for the rest of the market day; exits continue.",
-               context=context, dedupe_key=f"daily_loss_warning:{today.isoformat()}", occurred_at=now)
+        return record_in(s, EMERGENCY_STOP, "critical", "Emergency stop: daily loss limit reached",
+                         f"{figures}. Trading is HALTED, open entry orders are cancelled and every position is being "
+                         "closed (emergency_stop). Nothing enters until `catalyst resume --confirm`.",
+                         context=context, dedupe_key=_key(EMERGENCY_STOP, today, now), occurred_at=now)
+    if verdict.change == "reduce":
+        return record_in(s, "daily_loss_warning", "warning", "Daily loss warning: reducing risk",
+                         f"{figures}. No new entries for the rest of the market day; exits continue.",
+                         context=context, dedupe_key=_key("daily_loss_warning", today, now), occurred_at=now)
+    return None
+
+
+def _key(event: str, today, at: datetime) -> str:
+    """One alert per state write: the event, its market day and the write's time (``value.at``)."""
+    return f"{event}:{today.isoformat()}:{at.isoformat()}"
 
 
 # -- halt and resume (the operator) -----------------------------------------------------------------
@@ -181,18 +194,18 @@ def halt(rt: Runtime, *, reason: str, by: str, close_positions: bool, dispatch: 
         record_decision(s, kind="risk", action="halt", reason="operator_halt", decided_at=now, worker=by[:128],
                         details={"state": "HALTED", "from": current.state.value, "by": by, "why": reason,
                                  "close_positions": flatten, "daily_pnl": pnl.as_dict() if pnl else None})
+        context = {"by": by, "reason": reason, "market_day": today.isoformat()}
+        if flatten:
+            alert = record_in(s, EMERGENCY_STOP, "critical", "Emergency stop by an operator",
+                              f"{by} halted trading: {reason}. Open entry orders are cancelled and every position "
+                              "is being closed (emergency_stop). Nothing enters until `catalyst resume --confirm`.",
+                              context=context, dedupe_key=_key(EMERGENCY_STOP, today, now), occurred_at=now)
+        else:
+            alert = record_in(s, "trading_halted", "warning", "Trading halted by an operator (positions kept)",
+                              f"{by} halted new entries: {reason}. Open positions stay monitored.",
+                              context=context, dedupe_key=_key("trading_halted", today, now), occurred_at=now)
     log.warning("trading_halted", by=by, reason=reason, close_positions=flatten)
-    if flatten:
-        notify(EMERGENCY_STOP, "critical", "Emergency stop by an operator",
-               f"{by} halted trading: {reason}. Open entry orders are cancelled and every position is being "
-               "closed (emergency_stop). Nothing enters until `catalyst resume --confirm`.",
-               context={"by": by, "reason": reason, "market_day": today.isoformat()},
-               dedupe_key=f"{EMERGENCY_STOP}:{today.isoformat()}:{now.isoformat()}", occurred_at=now)
-    else:
-        notify("trading_halted", "warning", "Trading halted by an operator (positions kept)",
-               f"{by} halted new entries: {reason}. Open positions stay monitored.",
-               context={"by": by, "reason": reason, "market_day": today.isoformat()},
-               dedupe_key=f"trading_halted:{today.isoformat()}:{now.isoformat()}", occurred_at=now)
+    release(alert)
     return stop_trading(rt, dispatch, flatten=flatten)
 
 
@@ -213,11 +226,12 @@ def resume(rt: Runtime, *, by: str) -> tuple[risk.GuardState, risk.DailyPnl | No
                         details={"state": "ACTIVE", "from": before.state.value, "by": by,
                                  "halted_by": before.by, "halted_for": before.reason,
                                  "daily_pnl": pnl.as_dict() if pnl else None})
+        alert = record_in(s, "trading_resumed", "warning", "Trading resumed by an operator",
+                          f"{by} resumed trading (it was {before.state.value}: {before.reason}).",
+                          context={"by": by, "previous": before.state.value, "market_day": today.isoformat()},
+                          dedupe_key=f"trading_resumed:{now.isoformat()}", occurred_at=now)
     log.warning("trading_resumed", by=by, previous=before.state.value, halted_by=before.by)
-    notify("trading_resumed", "warning", "Trading resumed by an operator",
-           f"{by} resumed trading (it was {before.state.value}: {before.reason}).",
-           context={"by": by, "previous": before.state.value, "market_day": today.isoformat()},
-           dedupe_key=f"trading_resumed:{now.isoformat()}", occurred_at=now)
+    release(alert)
     return before, pnl
 
 
@@ -247,15 +261,19 @@ def _write(s, state: TradingState, *, reason: str | None, by: str, at: datetime,
 
 # -- the emergency stop's actions -------------------------------------------------------------------
 def stop_trading(rt: Runtime, dispatch: Dispatch, *, flatten: bool) -> StopReport:
-    """Cancel every entry in flight, then (``flatten``) send every open position to its exit, once.
+    """Send every open position to its exit (``flatten``), then cancel every entry in flight, then close
+    what those entries bought before their cancel landed.
 
-    Safe to run again and concurrently: a retirement, a cancel and ``open → closing`` are each
-    conditional, so a second run finds nothing left to do (a position that appeared from a late
-    fill is closed by the run that finds it).
+    The exits go first: an entry's cancel waits on the broker (up to ``CANCEL_WAIT_SECONDS``) and one
+    entry can fail in any way; neither delays nor prevents a single close. Safe to run again and
+    concurrently: a retirement, a cancel and ``open → closing`` are each conditional, so a second run
+    finds nothing left to do (a position that appeared from a late fill is closed by the run that finds it).
     """
     report = StopReport()
-    _cancel_entries(rt, report)
     if flatten:
+        _close_positions(rt, dispatch, report)
+    _cancel_entries(rt, report)
+    if flatten and report.filled_first:
         _close_positions(rt, dispatch, report)
     return report
 
@@ -270,7 +288,11 @@ def _cancel_entries(rt: Runtime, report: StopReport) -> None:
         try:
             _cancel_entry(rt, client_order_id, broker_order_id, report)
         except (BrokerError, OSError) as exc:
-            log.warning("entry_cancel_failed", client_order_id=client_order_id, error=str(exc))
+            log.warning("entry_cancel_failed", client_order_id=client_order_id, status=status, error=str(exc))
+            report.unresolved.append(client_order_id)
+        except Exception as exc:  # noqa: BLE001 - one entry (an unparseable answer, a bug) never stops the rest
+            log.error("entry_cancel_failed", client_order_id=client_order_id, status=status,
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
             report.unresolved.append(client_order_id)
 
 
@@ -278,11 +300,16 @@ def _cancel_entry(rt: Runtime, client_order_id: str, broker_order_id: str | None
     broker, now = rt.broker, rt.clock.now()
     found = broker.get_order_by_id(broker_order_id) if broker_order_id else broker.get_order(client_order_id)
     if found is None:
-        if retire_unsent_entry(client_order_id, now, "emergency_stop: trading halted before it was sent"):
+        # Retired only if its send was never claimed: HALTED is committed, so no claim can follow. A claimed
+        # one may be on its way to the broker: the next check looks for it again (its task never sends it
+        # under HALTED, and retires it once its claim is older than any send).
+        if retire_unsent_entry(client_order_id, now, "emergency_stop: trading halted before it was sent",
+                               unclaimed_only=True):
             report.cancelled.append(client_order_id)
             log.warning("entry_retired", client_order_id=client_order_id, reason=EMERGENCY_STOP)
         else:
-            report.unresolved.append(client_order_id)  # sent meanwhile: the next check finds it at the broker
+            report.unresolved.append(client_order_id)
+            log.warning("entry_in_flight_at_stop", client_order_id=client_order_id, reason=EMERGENCY_STOP)
         return
     if not found.is_final:
         found = orders.follow(broker, broker.cancel_order(found.broker_order_id) or found, CANCEL_WAIT_SECONDS)
@@ -290,7 +317,7 @@ def _cancel_entry(rt: Runtime, client_order_id: str, broker_order_id: str | None
     if not found.is_final:
         report.unresolved.append(client_order_id)
         return
-    if found.filled_qty > 0:  # it bought shares before the cancel landed: a position, closed below
+    if found.filled_qty > 0:  # it bought shares before the cancel landed: a position, closed next
         position = open_from_fill(rt, client_order_id, found, reason="reconciled")
         report.filled_first.append(client_order_id)
         log.warning("entry_filled_before_cancel", client_order_id=client_order_id, position_id=position.id,
@@ -301,12 +328,20 @@ def _cancel_entry(rt: Runtime, client_order_id: str, broker_order_id: str | None
 
 
 def _close_positions(rt: Runtime, dispatch: Dispatch, report: StopReport) -> None:
+    seen = set(report.closing) | set(report.already_closing) | set(report.close_failed)
     with session_scope() as s:
         held = s.execute(select(Position.id, Position.status).where(Position.status.in_(("open", "closing")))
                          .order_by(Position.id)).all()
     for position_id, status in held:
-        if status == "open" and request_exit(rt, position_id, EMERGENCY_STOP):
-            report.closing.append(position_id)
-            dispatch(position_id)
-        else:
-            report.already_closing.append(position_id)
+        if position_id in seen:
+            continue
+        try:
+            if status == "open" and request_exit(rt, position_id, EMERGENCY_STOP):
+                report.closing.append(position_id)
+                dispatch(position_id)
+            else:
+                report.already_closing.append(position_id)
+        except Exception as exc:  # noqa: BLE001 - one position never stops the others closing
+            log.error("emergency_close_failed", position_id=position_id, error=f"{type(exc).__name__}: {exc}",
+                      exc_info=True)
+            report.close_failed.append(position_id)  # moved to closing or not, its exit was not handed on

@@ -23,6 +23,7 @@ import queue
 import re
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -157,28 +158,91 @@ def _channels() -> list[str]:
 # -- recording ------------------------------------------------------------------------------------
 def _record(alert: dict[str, Any]) -> tuple[int, bool, bool]:
     """(id, newly created, delivery pending). One transaction: the notification and its agent_logs row."""
-    from sqlalchemy import select
-
-    from catalyst.db.engine import dialect_insert, session_scope
-    from catalyst.db.models import AgentLog, Notification
+    from catalyst.db.engine import session_scope
 
     pending = bool(_channels())
-    now = datetime.now(UTC)
     with session_scope() as s:
-        inserted = s.execute(
-            dialect_insert(s, Notification).values(
-                event=alert["event"], severity=alert["severity"], title=alert["title"], text=alert["text"],
-                context=alert["context"], dedupe_key=alert["dedupe_key"], status="pending" if pending else "logged",
-                deliveries={}, attempts=0, occurred_at=alert["occurred_at"], created_at=now)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Notification.id)
-        ).scalar()
-        if inserted is None:
-            return s.scalar(select(Notification.id).where(Notification.dedupe_key == alert["dedupe_key"])), False, False
-        s.add(AgentLog(timestamp=now, level=alert["severity"].upper(), event="notification",
-                       service=structlog.contextvars.get_contextvars().get("service"),
-                       context={**alert["context"], "notification_id": inserted, "notify_event": alert["event"],
-                                "title": alert["title"], "text": alert["text"][:1000]}))
-    return inserted, True, pending
+        notification_id, created = _insert(s, alert, pending)
+    return notification_id, created, created and pending
+
+
+def _insert(s, alert: dict[str, Any], pending: bool) -> tuple[int, bool]:
+    """Write the notification and its agent_logs row in ``s``'s transaction; (id, newly created)."""
+    from sqlalchemy import insert, select
+
+    from catalyst.db.engine import dialect_insert
+    from catalyst.db.models import AgentLog, Notification
+
+    now = datetime.now(UTC)
+    inserted = s.execute(
+        dialect_insert(s, Notification).values(
+            event=alert["event"], severity=alert["severity"], title=alert["title"], text=alert["text"],
+            context=alert["context"], dedupe_key=alert["dedupe_key"], status="pending" if pending else "logged",
+            deliveries={}, attempts=0, occurred_at=alert["occurred_at"], created_at=now)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Notification.id)
+    ).scalar()
+    if inserted is None:
+        return s.scalar(select(Notification.id).where(Notification.dedupe_key == alert["dedupe_key"])), False
+    s.execute(insert(AgentLog).values(timestamp=now, level=alert["severity"].upper(), event="notification",
+                                      service=structlog.contextvars.get_contextvars().get("service"),
+                                      context={**alert["context"], "notification_id": inserted,
+                                               "notify_event": alert["event"], "title": alert["title"],
+                                               "text": alert["text"][:1000]}))
+    return inserted, True
+
+
+# -- the outbox: an alert recorded in the caller's transaction -----------------------------------------
+@dataclass(frozen=True)
+class Recorded:
+    """An alert written in a caller's transaction, announced by :func:`release` once that commits."""
+
+    id: int
+    alert: dict[str, Any]
+    created: bool
+    pending: bool
+
+
+def record_in(session, event: str, severity: str, title: str, text: str, *, context: dict[str, Any] | None = None,
+              dedupe_key: str | None = None, occurred_at: datetime | None = None) -> Recorded | None:
+    """Record an alert inside the caller's transaction (an outbox): it commits with the state change it
+    announces, or rolls back with it, so a process that dies right after the commit still leaves the alert
+    ``pending`` for :func:`deliver_pending`. Call :func:`release` after the commit (log line, enqueue).
+
+    Never raises for the alert's own sake: a failed insert is rolled back to a savepoint (the caller's
+    writes stand) and logged; ``None`` is returned. Takes no lock beyond the row it inserts.
+    """
+    try:
+        alert = _prepare(event, severity, title, text, context, dedupe_key, occurred_at)
+        pending = bool(_channels())
+    except Exception as exc:  # noqa: BLE001 - an alert must never break its caller
+        log.warning("notification_not_recorded", notify_event=str(event)[:64], error=type(exc).__name__)
+        return None
+    session.flush()  # the caller's own pending writes: their errors are theirs, never swallowed here
+    try:
+        with session.begin_nested():
+            notification_id, created = _insert(session, alert, pending)
+    except Exception as exc:  # noqa: BLE001 - rolled back to the savepoint: the caller's transaction goes on
+        _log_line(alert, None, recorded=False, error=type(exc).__name__)
+        return None
+    return Recorded(notification_id, alert, created, created and pending)
+
+
+def release(recorded: Recorded | None) -> None:
+    """After the caller's commit: the ``notification`` log line and the delivery's enqueue (never waits).
+
+    If the process dies before this runs, the row is already committed: the sweep queues it."""
+    if recorded is None:
+        return
+    try:
+        if not recorded.created:
+            log.debug("notification_duplicate", notify_event=recorded.alert["event"], notification_id=recorded.id,
+                      dedupe_key=recorded.alert["dedupe_key"])
+            return
+        _log_line(recorded.alert, recorded.id, recorded=True)
+        if recorded.pending:
+            _outbox.put(recorded.id)
+    except Exception as exc:  # noqa: BLE001 - the row is committed: the sweep delivers it
+        log.warning("notification_release_failed", notification_id=recorded.id, error=type(exc).__name__)
 
 
 def _log_line(alert: dict[str, Any], notification_id: int | None, *, recorded: bool, error: str | None = None):

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from catalyst import hooks
-from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderOutcomeUnknown, OrderRequest
+from catalyst.brokers.base import (FINAL_ORDER_STATUSES, BrokerError, BrokerOrderReport, OrderOutcomeUnknown,
+                                   OrderRequest)
 from catalyst.db.engine import session_scope
 from catalyst.db.models import Order
 from catalyst.core.domain import CatalystError
@@ -52,6 +53,10 @@ def ensure_order(client_order_id: str, *, symbol: str, side: str, purpose: str, 
 
 
 def apply_report(order: Order, report: BrokerOrderReport, now: datetime) -> None:
+    """Mirror the broker's word onto our row. The broker is the truth, even over a final status of ours
+    (shares it holds must be recorded), but such a change is never silent."""
+    if order.status in FINAL_ORDER_STATUSES and report.status != order.status:
+        _final_status_contradicted(order, report)
     order.broker_order_id = report.broker_order_id or order.broker_order_id
     order.status = report.status
     order.filled_qty = report.filled_qty
@@ -62,6 +67,20 @@ def apply_report(order: Order, report: BrokerOrderReport, now: datetime) -> None
     order.submitted_at = order.submitted_at or now
     order.error = None if report.is_filled or not report.is_final else report.reason
     order.updated_at = now
+
+
+def _final_status_contradicted(order: Order, report: BrokerOrderReport) -> None:
+    """An order we had settled is reported live or filled: an intent we retired as never sent (``canceled``
+    with no broker id) that the broker holds is an error an operator must see; its fill is still recorded."""
+    fields = dict(client_order_id=order.client_order_id, purpose=order.purpose, symbol=order.symbol,
+                  was=order.status, now=report.status, filled=report.filled_qty, broker_order_id=report.broker_order_id,
+                  retired_because=order.error)
+    if order.status == "canceled" and not order.broker_order_id and (order.filled_qty or 0) <= 0:
+        event = "retired_entry_filled_at_broker" if order.purpose == "entry" and report.filled_qty > 0 \
+            else "retired_order_at_broker"
+        log.error(event, **fields)
+    else:
+        log.warning("order_final_status_changed", **fields)
 
 
 def report_of(order: Order) -> BrokerOrderReport:
@@ -97,7 +116,7 @@ def record_leg(s, leg: BrokerOrderReport, position_id: int | None, cycle_id: int
 def _mark_unknown(client_order_id: str, error: str, now: datetime) -> None:
     with session_scope() as s:
         order = s.scalar(select(Order).where(Order.client_order_id == client_order_id))
-        if order is not None and order.status in ("pending_submit", "unknown"):
+        if order is not None and order.status in ("pending_submit", "submitting", "unknown"):
             order.status, order.error, order.updated_at = "unknown", error, now
 
 

@@ -103,7 +103,7 @@ def _check_orders(rt: Runtime, now: datetime, fix: bool) -> list[Finding]:
             at_broker[r.broker_order_id] = r
     findings = []
     for order in ours:
-        if order.status in ("unknown", "pending_submit"):
+        if order.status in ("unknown", "pending_submit", "submitting"):
             findings += _unknown_order(rt, order, now, fix)
             continue
         report = at_broker.get(order.broker_order_id)
@@ -119,7 +119,7 @@ def _check_orders(rt: Runtime, now: datetime, fix: bool) -> list[Finding]:
 def _unknown_order(rt: Runtime, order: Order, now: datetime, fix: bool) -> list[Finding]:
     """Ask the broker by client id: it either has the order (sync it) or, after a while, never will."""
     age = now - order.created_at
-    if order.status == "pending_submit" and age <= STUCK_AFTER:
+    if order.status in ("pending_submit", "submitting") and age <= STUCK_AFTER:
         return []  # being submitted right now
     finding = Finding("unknown_order", "warning", f"{order.purpose} order {order.client_order_id} is "
                       f"{order.status} after {_minutes(age)} min", order.symbol, order.position_id, _order_view(order))

@@ -107,3 +107,22 @@ def test_status_shows_the_state_with_reason_who_when_and_todays_pnl(market):
         text = cli("status").output
         assert f"HALTED: drill (by {operator()} at" in text
         assert "P&L -200.00" in text and "20% of the 1,000.00 daily loss limit" in text
+
+
+def test_halt_never_reports_an_entry_claimed_for_sending_as_cancelled(market):
+    """An entry whose send was claimed before the halt may be on its way to the broker: the operator is told it is
+    still in flight (the risk monitor looks again), not that it was cancelled."""
+    from sqlalchemy import update
+
+    from catalyst.db.engine import session_scope
+
+    with market(**loose()):
+        cid = in_flight_entry("CCC")
+        with session_scope() as s:
+            s.execute(update(Order).where(Order.client_order_id == cid).values(status="submitting"))
+        result = cli("halt", "--reason", "drill")
+        assert result.exit_code == 0, result.output
+        assert "entry orders cancelled: 0" in result.output
+        assert f"entries still in flight or not settled at the broker (not cancelled yet; the risk monitor looks " \
+               f"again every minute): {cid}" in result.output
+        assert query(lambda s: s.scalar(select(Order.status).where(Order.client_order_id == cid))) == "submitting"

@@ -8,16 +8,18 @@ limit is 1,000 USD with the warning at 75 % (750 USD). Exits run in-process thro
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, not_, select, update
 
 from catalyst import guard
 from catalyst.core.risk import TradingState
 from catalyst.db.engine import session_scope
-from catalyst.db.models import Decision, Order, PaperOrder, Position, Security
+from catalyst.db.models import Decision, Notification, Order, PaperOrder, Position, Security
 from catalyst.db.models import TradingState as StateRow
 from catalyst.entries import EntryRefused, open_position
 from catalyst.positions import execute_exit
@@ -49,12 +51,24 @@ def market(pg_url, tmp_path):
     return _enter
 
 
+GUARD_EVENTS = ("emergency_stop", "daily_loss_warning", "trading_halted", "trading_resumed")
+
+
 @pytest.fixture
-def alerts(monkeypatch):
-    sent = []
-    monkeypatch.setattr(guard, "notify", lambda event, severity, title, text, **kw: sent.append(
-        (event, severity, kw.get("dedupe_key"))))
-    return sent
+def alerts():
+    """``alerts()``: the guard's alerts recorded so far (event, severity, dedupe key), oldest first."""
+    def recorded() -> list[tuple[str, str, str]]:
+        return [(n.event, n.severity, n.dedupe_key) for n in sorted(
+            rows(Notification, Notification.event.in_(GUARD_EVENTS)), key=lambda n: n.id)]
+
+    return recorded
+
+
+def one_alert_per_write(recorded, *expected: tuple[str, str, str]) -> None:
+    """Each alert names its market day and the state write it announces (``event:day:<write's time>``)."""
+    assert [(e, sev) for e, sev, _ in recorded] == [(e, sev) for e, sev, _ in expected], recorded
+    for (_, _, key), (_, _, prefix) in zip(recorded, expected):
+        assert key.startswith(prefix + ":") and datetime.fromisoformat(key[len(prefix) + 1:]).tzinfo, key
 
 
 def enter(symbol: str, qty: float = QTY, **kw) -> Position:
@@ -133,7 +147,7 @@ def test_below_the_warning_nothing_changes_and_nothing_is_recorded(market, alert
         result = check()
         assert result.state is TradingState.ACTIVE and result.change is None
         assert round(result.pnl.unrealized, 2) == -749.99
-        assert risk_decisions() == [] and alerts == []
+        assert risk_decisions() == [] and alerts() == []
         assert query(lambda s: s.get(StateRow, "halted")) is None
 
 
@@ -156,7 +170,7 @@ def test_exactly_75_percent_reduces_entries_are_refused_with_a_reason_and_exits_
         assert execute_exit(get_runtime(), b.id).status == "closed"  # exits continue
         assert check().change is None  # a second check changes nothing, records nothing
         assert [(d.action, d.reason) for d in risk_decisions()] == [("reduce", "daily_loss_warning")]
-        assert alerts == [("daily_loss_warning", "warning", "daily_loss_warning:2025-03-04")]
+        one_alert_per_write(alerts(), ("daily_loss_warning", "warning", "daily_loss_warning:2025-03-04"))
         mark(a.id, PRICE)  # the loss recovers: REDUCING still lasts for the rest of the day
         assert check().state is TradingState.REDUCING
 
@@ -192,7 +206,7 @@ def test_exactly_100_percent_is_an_emergency_stop_every_position_closed_once(mar
             assert check().stop.closing == []
         assert sells_per_position() == {held[0].id: 1, held[1].id: 1, closing.id: 1}
         assert [(d.action, d.reason) for d in risk_decisions()] == [("halt", "daily_loss_limit")]
-        assert alerts == [("emergency_stop", "critical", "emergency_stop:2025-03-04")]
+        one_alert_per_write(alerts(), ("emergency_stop", "critical", "emergency_stop:2025-03-04"))
         with pytest.raises(EntryRefused) as refused:
             enter("DDD")
         assert refused.value.reason == "halted"
@@ -291,18 +305,42 @@ def test_bad_figures_never_crash_the_check(market, alerts):
 ROUNDS = 20
 
 
-def admitted_before_halt(monkeypatch) -> list[int]:
-    """The highest entry order id at the moment each HALTED/REDUCING state was written (same transaction)."""
+def admitted_before_halt(monkeypatch, claimed: list[set[str]] | None = None) -> list[int]:
+    """The highest entry order id at the moment each HALTED/REDUCING state was written (same transaction);
+    with ``claimed``, also the entries already claimed for sending (or sent) at that moment."""
     marks: list[int] = []
     write = guard._write
 
     def probe(s, state, **kw):
         if state is not TradingState.ACTIVE:
             marks.append(s.scalar(select(func.coalesce(func.max(Order.id), 0)).where(Order.purpose == "entry")))
+            if claimed is not None:
+                claimed.append(set(s.scalars(select(Order.client_order_id).where(
+                    Order.purpose == "entry", Order.status != "pending_submit",
+                    not_(and_(Order.status == "canceled", Order.broker_order_id.is_(None)))))))
         return write(s, state, **kw)
 
     monkeypatch.setattr(guard, "_write", probe)
     return marks
+
+
+def buys_arriving(monkeypatch, rt) -> list[tuple[str, bool]]:
+    """Every buy the (paper) broker receives: (client order id, was HALTED committed when it arrived)."""
+    arrivals: list[tuple[str, bool]] = []
+    real_submit = rt.broker.submit_order
+
+    def submit(request):
+        if request.side == "buy":
+            time.sleep(random.uniform(0, 0.004))  # the network between a claimed send and the broker
+        report = real_submit(request)
+        if request.side == "buy":  # read once the broker holds it: HALTED committed by then counts as after
+            halted = query(lambda s: bool((s.get(StateRow, "halted").value or {}).get("halted"))
+                           if s.get(StateRow, "halted") is not None else False)
+            arrivals.append((request.client_order_id, halted))
+        return report
+
+    monkeypatch.setattr(rt.broker, "submit_order", submit)
+    return arrivals
 
 
 def reset_to_active() -> None:
@@ -334,13 +372,18 @@ def test_race_no_entry_is_admitted_after_the_warning_is_committed(market, alerts
 
 def test_race_halt_checks_and_entries_never_two_sells_for_one_position(market, alerts, monkeypatch):
     """An operator's emergency stop, 2 risk checks and 6 entries at once, 20 rounds: nothing is admitted
-    after HALTED commits, every position is closed, and none is sold twice."""
-    marks = admitted_before_halt(monkeypatch)
+    after HALTED commits; no buy reaches the broker unless it was claimed for sending before HALTED
+    committed (a send claimed earlier may land just after: the stop never calls it cancelled, and the
+    next check closes what it bought); every position is closed, none sold twice, no fill unrecorded."""
+    claimed: list[set[str]] = []
+    marks = admitted_before_halt(monkeypatch, claimed)
+    late_total = 0
     with market(**loose()):
         rt = get_runtime()
+        arrivals = buys_arriving(monkeypatch, rt)
         for rnd in range(ROUNDS):
             reset_to_active()
-            before = len(marks)
+            before, arrived_before = len(marks), len(arrivals)
             held = [enter(s) for s in SYMBOLS[6:8]]  # open before the round: closed by whoever wins them
 
             def actor(i):
@@ -356,6 +399,14 @@ def test_race_halt_checks_and_entries_never_two_sells_for_one_position(market, a
             halted_at = marks[before]
             entries = query(lambda s: s.scalars(select(Order.id).where(Order.purpose == "entry")).all())
             assert all(i <= halted_at for i in entries), f"round {rnd}: an entry was admitted after HALTED"
+            late = {cid for cid, halted in arrivals[arrived_before:] if halted}
+            assert late <= claimed[before], (f"round {rnd}: a buy reached the broker after HALTED committed without "
+                                             f"a send claimed before it: {late - claimed[before]}")
+            late_total += len(late)
+            stops = [results[0]] + [r.stop for r in results[1:3] if r.stop is not None]
+            cancelled = set().union(*(set(s.cancelled) for s in stops))
+            bought = {o.client_order_id for o in rows(PaperOrder, PaperOrder.side == "buy")}
+            assert not cancelled & bought, f"round {rnd}: reported cancelled but bought: {cancelled & bought}"
             check()  # the next scheduled check closes what filled after the stop
             assert rows(Position, Position.status == "open") == []
             for p in rows(Position, Position.status == "closing"):
@@ -364,6 +415,47 @@ def test_race_halt_checks_and_entries_never_two_sells_for_one_position(market, a
         counts = sells_per_position()
         assert counts and set(counts.values()) == {1}, counts
         assert len(counts) == len(rows(Position))
+        unrecorded = rows(Order, Order.purpose == "entry", Order.filled_qty > 0, Order.position_id.is_(None))
+        assert unrecorded == [], "a filled entry has no position"
+        assert len(rows(PaperOrder, PaperOrder.side == "buy")) == len(rows(Position))
+    print(f"halt race: {late_total} buys claimed before HALTED landed after it in {ROUNDS} rounds")
+
+
+def test_race_two_deliveries_of_one_entry_and_a_halt_never_buy_twice_nor_report_a_bought_entry_cancelled(
+        market, alerts, monkeypatch):
+    """A redelivered entry task runs beside its first delivery while the operator's emergency stop runs, 20 rounds:
+    at most one buy per entry; an entry the stop calls cancelled was never bought; whatever was bought is recorded
+    and closed by the next check."""
+    from catalyst.orders import OrderPending
+
+    with market(**loose()):
+        rt = get_runtime()
+        buys_arriving(monkeypatch, rt)  # with the network's jitter
+        for rnd in range(ROUNDS):
+            reset_to_active()
+            cid = f"manual-{uuid.uuid4().hex[:24]}"
+
+            def actor(i):
+                if i == 0:
+                    return guard.halt(rt, reason=f"round {rnd}", by="ops@desk", close_positions=True,
+                                      dispatch=run_exits)
+                return open_position(rt, symbol=SYMBOLS[rnd % 6], qty=1, client_order_id=cid)
+
+            results = race(3, actor)
+            assert all(not isinstance(r, Exception) or isinstance(r, (EntryRefused, OrderPending)) for r in results), \
+                results
+            bought = rows(PaperOrder, PaperOrder.client_order_id == cid)
+            assert len(bought) <= 1
+            assert not (bought and cid in results[0].cancelled), f"round {rnd}: reported cancelled, but bought"
+            check()
+            assert rows(Position, Position.status == "open") == []
+            if bought:
+                (order,) = rows(Order, Order.client_order_id == cid)
+                assert order.position_id is not None and order.status == "filled"
+            for p in rows(Position, Position.status == "closing"):
+                execute_exit(rt, p.id)
+        counts = sells_per_position()
+        assert set(counts.values()) <= {1} and len(counts) == len(rows(Position))
 
 
 # -- max hold per strategy, and the close at the market's close ------------------------------------------------
@@ -410,3 +502,363 @@ def test_seed_003s_auto_close_at_market_close_closes_before_the_close_or_keeps_t
         assert datetime(2025, 3, 4, 15, 45, tzinfo=EST) <= closed < datetime(2025, 3, 4, 16, 0, tzinfo=EST)
     else:
         assert report["status"] == "open" and report["exit_reason"] is None
+
+
+# -- review findings: the send is claimed under the gate (H1), the stop closes first and survives a bad entry
+# (H2), every stop is announced (M1), and the alert commits with the state it announces (M2) ------------------
+
+def entry_status(cid: str) -> str:
+    return query(lambda s: s.scalar(select(Order.status).where(Order.client_order_id == cid)))
+
+
+def test_a_stop_between_the_entrys_admission_and_its_send_retires_it_and_no_buy_is_sent(market, alerts, monkeypatch):
+    """The task re-read its intent (unsent) and is about to send it when the operator's emergency stop runs: the
+    stop retires it ("cancelled"), so the send is refused: nothing reaches the broker, nothing opens."""
+    import catalyst.entries as entries
+
+    with market(**loose()):
+        rt = get_runtime()
+        real_read, stops, reads = entries._recorded_intent, [], []
+
+        def read_then_halt(cid):
+            intent = real_read(cid)
+            reads.append(intent)
+            if len(reads) == 2:  # the re-read after admission: the stop lands between it and the send
+                stops.append(guard.halt(rt, reason="drill", by="ops@desk", close_positions=True, dispatch=run_exits))
+            return intent
+
+        monkeypatch.setattr(entries, "_recorded_intent", read_then_halt)
+        cid = f"manual-{uuid.uuid4().hex[:24]}"
+        with pytest.raises(EntryRefused) as refused:
+            open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        assert refused.value.reason == "retired"
+        assert reads[1].status == "pending_submit" and stops[0].cancelled == [cid]
+        assert rows(PaperOrder, PaperOrder.side == "buy") == [] and rows(Position) == []
+        assert entry_status(cid) == "canceled"
+
+
+def test_a_send_claimed_before_the_stop_is_never_reported_cancelled_and_what_it_bought_is_closed(market, alerts):
+    """The reviewer's case: the stop runs while the claimed send is on its way to the broker (here: inside the
+    broker call). The stop cannot retire it and says so (unresolved, not cancelled); the fill becomes a recorded
+    position (never 'canceled' with shares held), and the next check closes it once with emergency_stop."""
+    with market(**loose()):
+        rt = get_runtime()
+        real_submit = rt.broker.submit_order
+        stops = []
+
+        def submit_after_a_halt(request):
+            if request.side == "buy" and not stops:
+                stops.append(guard.halt(rt, reason="drill", by="ops@desk", close_positions=True,
+                                        dispatch=run_exits))
+            return real_submit(request)
+
+        rt.broker.submit_order = submit_after_a_halt
+        cid = f"manual-{uuid.uuid4().hex[:24]}"
+        position = open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        assert stops[0].cancelled == [] and stops[0].unresolved == [cid]
+        assert entry_status(cid) == "filled" and position.status == "open"
+        result = check()
+        assert result.stop.closing == [position.id]
+        assert query(lambda s: s.get(Position, position.id)).exit_reason == "emergency_stop"
+        check()
+        assert sells_per_position() == {position.id: 1}
+        with pytest.raises(EntryRefused):
+            enter("BBB")
+
+
+class WorkerLost(Exception):
+    """The process died here (the broker call never happened)."""
+
+
+def crash_before_the_send(monkeypatch, rt) -> list[str]:
+    """The next buy dies between its claim and the broker call; returns the ids that died."""
+    real_submit, died = rt.broker.submit_order, []
+
+    def submit(request):
+        if request.side == "buy" and not died:
+            died.append(request.client_order_id)
+            raise WorkerLost(request.client_order_id)
+        return real_submit(request)
+
+    monkeypatch.setattr(rt.broker, "submit_order", submit)
+    return died
+
+
+def test_a_task_retried_after_dying_between_claim_and_send_sends_once(market, alerts, monkeypatch):
+    with market(**loose()):
+        rt = get_runtime()
+        crash_before_the_send(monkeypatch, rt)
+        cid = f"manual-{uuid.uuid4().hex[:24]}"
+        with pytest.raises(WorkerLost):
+            open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        assert entry_status(cid) == "submitting"  # claimed: it may be at the broker, nobody may retire it
+        position = open_position(rt, symbol="AAA", qty=10, client_order_id=cid)  # the retry resolves by client id
+        again = open_position(rt, symbol="AAA", qty=10, client_order_id=cid)  # a redelivery adopts it
+        assert again.id == position.id and entry_status(cid) == "filled"
+        assert len(rows(PaperOrder, PaperOrder.side == "buy")) == 1
+
+
+def test_a_claimed_entry_the_broker_never_got_is_left_to_its_task_and_retired_only_once_its_send_is_dead(
+        market, alerts, monkeypatch):
+    """HALTED lands after the claim, and the sender died: the stop cannot know the send is dead, so it reports
+    the entry unresolved every check and never retires it. The task's retry does not send under HALTED; while the
+    claim is fresh (a send may still be under way) it retries later, after the send grace it retires it."""
+    from catalyst.entries import SEND_GRACE
+    from catalyst.orders import OrderPending
+
+    with market(**loose()):
+        rt = get_runtime()
+        crash_before_the_send(monkeypatch, rt)
+        cid = f"manual-{uuid.uuid4().hex[:24]}"
+        with pytest.raises(WorkerLost):
+            open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        stop = guard.halt(rt, reason="drill", by="ops@desk", close_positions=True, dispatch=run_exits)
+        assert (stop.cancelled, stop.unresolved) == ([], [cid])
+        assert check().stop.unresolved == [cid] and entry_status(cid) == "submitting"
+        with pytest.raises(OrderPending):
+            open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        with session_scope() as s:  # the claim is older than any send can take
+            s.execute(update(Order).where(Order.client_order_id == cid).values(
+                submitted_at=rt.clock.now() - SEND_GRACE - timedelta(seconds=1)))
+        with pytest.raises(EntryRefused) as refused:
+            open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        assert refused.value.reason == "halted" and entry_status(cid) == "canceled"
+        assert rows(PaperOrder, PaperOrder.side == "buy") == []
+        assert check().stop.unresolved == []
+
+
+def test_a_claimed_entry_sent_before_its_task_died_is_found_filled_by_the_stop_and_closed_at_once(
+        market, alerts, monkeypatch):
+    """The buy reached the broker and filled, then the task died before recording it: the stop finds it by
+    client id, records the position (filled first) and closes it in the same stop; the task's retry adopts it."""
+    from catalyst import orders
+
+    with market(**loose()):
+        rt = get_runtime()
+        cid = f"manual-{uuid.uuid4().hex[:24]}"
+        real_submit = orders.submit
+
+        def submit_then_die(*args, **kwargs):
+            real_submit(*args, **kwargs)
+            raise WorkerLost("after the send")
+
+        monkeypatch.setattr(orders, "submit", submit_then_die)
+        with pytest.raises(WorkerLost):
+            open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        monkeypatch.setattr(orders, "submit", real_submit)
+        assert rows(Position) == [] and len(rows(PaperOrder, PaperOrder.side == "buy")) == 1
+        stop = guard.halt(rt, reason="drill", by="ops@desk", close_positions=True, dispatch=run_exits)
+        (position,) = rows(Position)
+        assert stop.filled_first == [cid] and stop.closing == [position.id] and stop.cancelled == []
+        assert query(lambda s: s.get(Position, position.id)).status == "closed"
+        assert open_position(rt, symbol="AAA", qty=10, client_order_id=cid).id == position.id  # the retry adopts
+        assert sells_per_position() == {position.id: 1}
+        assert len(rows(PaperOrder, PaperOrder.side == "buy")) == 1
+
+
+def test_a_retired_entry_the_broker_filled_anyway_is_recorded_loudly_and_closed(market, alerts):
+    """Defence in depth: a report that contradicts a retirement (a sender stalled past every grace) is the
+    broker's word: the fill is recorded as a position, loudly, and the next check closes it."""
+    from structlog.testing import capture_logs
+
+    from catalyst import orders
+    from catalyst.brokers.base import OrderRequest
+    from catalyst.entries import open_from_fill
+
+    with market(**loose()):
+        rt = get_runtime()
+        cid = in_flight_entry("AAA")
+        assert guard.halt(rt, reason="drill", by="ops@desk", close_positions=True,
+                          dispatch=run_exits).cancelled == [cid]
+        with capture_logs() as logs:
+            report = orders.submit(rt, OrderRequest(cid, "AAA", "buy", 1), accept_partial=True)
+            position = open_from_fill(rt, cid, report)
+        revived = [e for e in logs if e["event"] == "retired_entry_filled_at_broker"]
+        assert revived and revived[0]["client_order_id"] == cid and revived[0]["log_level"] == "error"
+        assert entry_status(cid) == "filled" and position.status == "open"
+        assert check().stop.closing == [position.id]
+        assert sells_per_position() == {position.id: 1}
+
+
+def test_one_entry_the_broker_cannot_describe_does_not_stop_the_positions_closing(market, alerts):
+    """The reviewer's case: one entry whose lookup fails in an unexpected way (a parser meeting an unexpected
+    payload) must not abort the stop: the positions close at the first check, the entry is left unresolved."""
+    with market(**loose()):
+        rt = get_runtime()
+        held = enter("AAA", qty=100)
+        mark(held.id, PRICE - 10.0)  # 1,000 lost: the limit
+        cid = in_flight_entry("BBB")
+        real_get = rt.broker.get_order
+
+        def get_order(client_order_id):
+            if client_order_id == cid:
+                raise KeyError("filled_avg_price")
+            return real_get(client_order_id)
+
+        rt.broker.get_order = get_order
+        result = check()
+        assert result.change == "halt" and result.stop.closing == [held.id] and result.stop.unresolved == [cid]
+        assert query(lambda s: s.get(Position, held.id)).status == "closed"
+        assert check().stop.unresolved == [cid]  # retried every check, never crashing it
+
+
+def test_a_fill_reported_without_a_price_does_not_stop_the_positions_closing(market, alerts):
+    """A filled entry reported without its average price (open_from_fill cannot use it): the positions close anyway."""
+    from dataclasses import replace
+
+    from catalyst.brokers.base import OrderRequest
+
+    with market(**loose()):
+        rt = get_runtime()
+        held = enter("AAA", qty=100)
+        cid = in_flight_entry("BBB")
+        rt.broker.submit_order(OrderRequest(cid, "BBB", "buy", 1))  # it reached the broker and filled
+        real_get = rt.broker.get_order
+        rt.broker.get_order = lambda c: replace(real_get(c), filled_avg_price=None) if c == cid else real_get(c)
+        stop = guard.halt(rt, reason="drill", by="ops@desk", close_positions=True, dispatch=run_exits)
+        assert stop.closing == [held.id] and stop.unresolved == [cid]
+        assert query(lambda s: s.get(Position, held.id)).status == "closed"
+
+
+def test_the_stop_sends_every_position_to_its_exit_before_it_waits_on_any_entry_cancel(market, alerts):
+    """Cancelling a working entry waits for the broker (up to 2 s each): the exits go first."""
+    from catalyst.brokers.base import BrokerOrderReport
+
+    with market(**loose()):
+        rt = get_runtime()
+        held = [enter("AAA"), enter("BBB")]
+        entries = [in_flight_entry(s) for s in ("CCC", "DDD")]
+        events = []
+        working = {cid: BrokerOrderReport(f"b-{cid}", cid, "CCC", "buy", 1, "new") for cid in entries}
+        real_get, real_by_id = rt.broker.get_order, rt.broker.get_order_by_id
+        rt.broker.get_order = lambda c: working.get(c) or real_get(c)
+        rt.broker.get_order_by_id = lambda b: next((r for r in working.values() if r.broker_order_id == b), None) \
+            or real_by_id(b)
+
+        def cancel(broker_order_id):
+            events.append(("cancel", broker_order_id))
+            return None
+
+        rt.broker.cancel_order = cancel
+
+        def dispatch(position_id):
+            events.append(("exit", position_id))
+            run_exits(position_id)
+
+        stop = guard.halt(rt, reason="drill", by="ops@desk", close_positions=True, dispatch=dispatch)
+        assert [kind for kind, _ in events] == ["exit", "exit", "cancel", "cancel"], events
+        assert stop.closing == [p.id for p in held] and stop.unresolved == entries
+
+
+def test_a_second_emergency_stop_on_the_same_day_is_announced(market, alerts):
+    """The limit is hit, the operator raises max_daily_loss_usd and resumes, and the day's loss reaches the new
+    limit: the second emergency stop is announced too (one alert per state write)."""
+    with market(**loose()):
+        realized_today(-1000.0)
+        assert check().change == "halt"
+    with market(**loose(CATALYST_MAX_DAILY_LOSS_USD="3000")):
+        guard.resume(get_runtime(), by="ops@desk")
+        p = enter("AAA", qty=100)
+        mark(p.id, PRICE - 20.0)  # 1,000 realized + 2,000 unrealized = the new limit
+        second = check()
+        assert second.change == "halt" and second.stop.closing == [p.id]
+        assert check().change is None
+        assert [e for e, _, _ in alerts()] == ["emergency_stop", "trading_resumed", "emergency_stop"]
+        assert len({k for _, _, k in alerts()}) == 3
+
+
+def test_a_second_warning_on_the_same_day_is_announced(market, alerts):
+    with market(**loose()):
+        realized_today(-800.0)
+        assert check().change == "reduce"
+        guard.resume(get_runtime(), by="ops@desk")
+        assert check().change == "reduce"
+        assert [e for e, _, _ in alerts()] == ["daily_loss_warning", "trading_resumed", "daily_loss_warning"]
+
+
+@pytest.fixture
+def alerts_when_the_state_commits(alerts):
+    """The guard's alerts as committed at the instant each transaction that wrote the trading state commits:
+    what survives a worker that dies right then (before anything after the commit runs)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    seen: list[list[tuple[str, str, str]]] = []
+
+    def before(session, *_):
+        if any(isinstance(o, StateRow) and o.key == "halted" for o in (*session.new, *session.dirty)):
+            session.info["state_written"] = True
+
+    def after(session):
+        if session.get_nested_transaction() is not None:
+            return  # a savepoint released: the outer transaction has not committed yet
+        if session.info.pop("state_written", False):
+            seen.append(alerts())  # a fresh session: only what is committed
+
+    event.listen(Session, "before_flush", before)
+    event.listen(Session, "after_commit", after)
+    yield seen
+    event.remove(Session, "before_flush", before)
+    event.remove(Session, "after_commit", after)
+
+
+@pytest.mark.parametrize("act", ["check", "halt", "resume"])
+def test_the_alert_commits_with_the_state_it_announces(market, alerts, alerts_when_the_state_commits, monkeypatch,
+                                                       act):
+    """A worker that dies right after the state commits has still recorded its alert (pending, for the minute's
+    sweep to deliver): it was written in the same transaction as the state."""
+    from catalyst import notify
+
+    queued = []
+    with market(**loose(CATALYST_WEBHOOK_URL="http://127.0.0.1:9/hook")):
+        rt = get_runtime()
+        if act == "resume":
+            with session_scope() as s:
+                s.add(StateRow(key="halted", value={"halted": True, "state": "HALTED", "reason": "drill"},
+                               updated_at=rt.clock.now()))
+            alerts_when_the_state_commits.clear()
+        realized_today(-1000.0)
+        monkeypatch.setattr(notify, "enqueue_delivery", lambda nid, countdown=None: queued.append(nid))
+        if act == "check":
+            check()
+        elif act == "halt":
+            guard.halt(rt, reason="drill", by="ops@desk", close_positions=False, dispatch=run_exits)
+        else:
+            guard.resume(rt, by="ops@desk")
+        event = {"check": "emergency_stop", "halt": "trading_halted", "resume": "trading_resumed"}[act]
+        assert [[e for e, _, _ in seen] for seen in alerts_when_the_state_commits] == [[event]]
+        (row,) = rows(Notification, Notification.event == event)
+        assert row.status == "pending"
+        notify.flush()
+        assert queued == [row.id]  # queued once, after the commit
+
+
+def test_a_state_write_that_rolls_back_leaves_no_alert(market, alerts, monkeypatch):
+    with market(**loose()):
+        realized_today(-1000.0)
+
+        def fail(*a, **kw):
+            raise RuntimeError("the decision could not be written")
+
+        monkeypatch.setattr(guard, "record_decision", fail)
+        with pytest.raises(RuntimeError):
+            check()
+        assert alerts() == [] and query(lambda s: s.get(StateRow, "halted")) is None
+
+
+def test_an_alert_that_cannot_be_recorded_never_blocks_the_stop(market, alerts, monkeypatch):
+    """The outbox write fails (after inserting part of its rows): rolled back to its savepoint, HALTED commits."""
+    from catalyst import notify
+
+    real_insert = notify._insert
+
+    def insert_then_fail(s, alert, pending):
+        real_insert(s, alert, pending)
+        raise RuntimeError("the notifications table refused it")
+
+    monkeypatch.setattr(notify, "_insert", insert_then_fail)
+    with market(**loose()):
+        p = enter("AAA")
+        stop = guard.halt(get_runtime(), reason="drill", by="ops@desk", close_positions=True, dispatch=run_exits)
+        assert state()["state"] == "HALTED" and stop.closing == [p.id]
+        assert alerts() == [] and [d.action for d in risk_decisions()] == ["halt"]

@@ -159,11 +159,9 @@ def check_entry(entry: Entry, book: Book, limits: Limits) -> list[Refusal]:
     """
     refusals: list[Refusal] = []
     symbol = entry.symbol
-    if book.state is not TradingState.ACTIVE:
-        why = f" ({book.state_reason})" if book.state_reason else ""
-        word = "halted" if book.state is TradingState.HALTED else "reducing risk"
-        refusals.append(Refusal(book.state.value.lower(),
-                                f"trading is {word}{why}: no entry in {symbol} is sent"))
+    state = state_refusal(book.state, book.state_reason, symbol)
+    if state is not None:
+        refusals.append(state)
     if symbol in book.symbols:
         refusals.append(Refusal("already_held", f"{symbol} is already held or being entered"))
     if book.count >= limits.max_positions:
@@ -205,6 +203,15 @@ def check_entry(entry: Entry, book: Book, limits: Limits) -> list[Refusal]:
                                                    f"stop {entry.stop}, price {entry.price:g}), below the minimum "
                                                    f"{limits.min_reward_risk:g}"))
     return refusals
+
+
+def state_refusal(state: TradingState, reason: str | None, symbol: str) -> Refusal | None:
+    """The trading state's own refusal (checked at admission and again when the send is claimed)."""
+    if state is TradingState.ACTIVE:
+        return None
+    why = f" ({reason})" if reason else ""
+    word = "halted" if state is TradingState.HALTED else "reducing risk"
+    return Refusal(state.value.lower(), f"trading is {word}{why}: no entry in {symbol} is sent")
 
 
 # -- the daily-loss monitor (catalyst.guard acts on these answers) ---------------------------------
