@@ -2,10 +2,12 @@
 
 The rules have already screened, sized and risk-checked each candidate; Claude may only veto.
 A candidate enters when Claude answers ``enter: true`` with a confidence of at least
-``entry_review_min_confidence``. Whenever Claude cannot answer — no key, the consult cap, the
-daily budget, a timeout, an API error or an answer that is not exactly the forced tool's
-``{enter, confidence, reason}`` — the rules verdict stands (the candidate enters), recorded as
-a fallback with its why.
+``entry_review_min_confidence``. ``enter: false`` is a veto whatever the other fields say (a
+confidence of 85 or 1.2, no reason); ``enter: true`` without a usable confidence (outside 0..1,
+not a number, missing) is ``low_confidence``, no entry. Such oddities are kept with the review.
+Whenever Claude cannot answer — no key, the consult cap, the daily budget, a timeout, an API
+error, no call of the tool, or ``enter`` missing or not a boolean — the rules verdict stands (the
+candidate enters), recorded as a fallback with its why.
 
 Reviews run under the exit advisor's gates (:class:`catalyst.advisor.ClaudeConsultant`): the
 same SDK client, timeout, daily USD budget and cost accounting. The consult cap
@@ -13,7 +15,9 @@ same SDK client, timeout, daily USD budget and cost accounting. The consult cap
 so a scan never uses up the consults an exit needs. Each review is one ``decisions`` row
 (kind ``advisor``, like the exit advisor's, with the cycle id); a repeated review of a cycle's
 symbol returns its first answer instead of asking again. No review can break another: each one
-runs on its own and every failure becomes that candidate's fallback.
+runs on its own and every failure becomes that candidate's fallback — except a database error
+looking up that first answer, which is raised: not knowing whether Claude already vetoed the
+candidate must never turn into its entry (the evaluation fails and nothing of it enters).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ NOT_CALLED = ("disabled", "no_key", "consult_cap", "over_budget")  # these sent 
 TOOL_NAME = "entry_decision"
 # Strict tool use cannot express numeric bounds (the API refuses minimum/maximum with strict: true;
 # the SDK's transform_schema moves them into the description), so the range is stated in the
-# description and checked here: a confidence outside 0..1 is a malformed answer.
+# description and checked here: a confidence outside 0..1 cannot let an entry through.
 TOOL = {
     "name": TOOL_NAME,
     "description": "Record the review of this long entry candidate: enter=true lets the planned order go, "
@@ -107,6 +111,7 @@ class EntryReview:
     output_tokens: int = 0
     cost_usd: float = 0.0
     latency_ms: float = 0.0
+    anomaly: str | None = None  # what was odd about an answer that still decided (a veto said with confidence 85)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values for a ``decisions`` row."""
@@ -137,11 +142,12 @@ def review_entries(rt, cycle_id: int, proposals: list[EntryProposal], now: datet
 
 def _review_one(claude: ClaudeConsultant | None, cycle_id: int, proposal: EntryProposal, now: datetime, day: str,
                 min_confidence: float, secrets: list[str], worker: str | None, tz) -> EntryReview:
-    """Review one candidate; whatever goes wrong becomes this candidate's fallback."""
+    """Review one candidate; whatever goes wrong becomes this candidate's fallback, except a database
+    error looking up an earlier review (raised: it may hold a veto)."""
+    previous = _previous_review(cycle_id, proposal.symbol)
+    if previous is not None:
+        return previous
     try:
-        previous = _previous_review(cycle_id, proposal.symbol)
-        if previous is not None:
-            return previous
         if claude is None:
             review = _fallback(proposal, "no_key")
         else:
@@ -153,10 +159,16 @@ def _review_one(claude: ClaudeConsultant | None, cycle_id: int, proposal: EntryP
                 review = _fallback(proposal, _WHY.get(got.cause or "malformed_answer", "error"), got.spend,
                                    detail=got.detail)
             else:
-                enter, confidence, reason = answer
-                verdict = "reject" if not enter else "accept" if confidence >= min_confidence else "low_confidence"
-                review = EntryReview(proposal.symbol, verdict == "accept", confidence, scrub(reason, secrets),
-                                     "advisor", None, verdict, **got.spend)
+                verdict = ("reject" if not answer.enter
+                           else "accept" if answer.confidence is not None and answer.confidence >= min_confidence
+                           else "low_confidence")
+                anomaly = scrub(answer.anomaly, secrets) if answer.anomaly else None
+                review = EntryReview(proposal.symbol, verdict == "accept", answer.confidence,
+                                     scrub(answer.reason, secrets), "advisor", None, verdict, **got.spend,
+                                     anomaly=anomaly)
+                if anomaly:
+                    log.warning("entry_review_odd_answer", cycle_id=cycle_id, symbol=proposal.symbol,
+                                verdict=verdict, anomaly=anomaly)
     except Exception as exc:  # noqa: BLE001 - one candidate's trouble never reaches another's review
         log.error("entry_review_failed", cycle_id=cycle_id, symbol=proposal.symbol, error=type(exc).__name__,
                   message=scrub(str(exc)[:200], secrets))
@@ -238,18 +250,54 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 # -- the answer ----------------------------------------------------------------------------------------
 
-def answer_of(args: dict) -> tuple[bool, float, str] | None:
-    """(enter, confidence, reason) when the tool input is exactly ``{enter: bool, confidence: 0..1, reason}``."""
-    if set(args) != {"enter", "confidence", "reason"}:
+@dataclass(frozen=True)
+class Answer:
+    """The model's call. ``confidence`` is None when it gave none usable; ``anomaly`` names what was odd."""
+
+    enter: bool
+    confidence: float | None
+    reason: str
+    anomaly: str | None = None
+
+
+FIELDS = ("enter", "confidence", "reason")
+
+
+def answer_of(args: dict) -> Answer | None:
+    """The call in the tool input, or None when it is neither yes nor no (``enter`` missing or not a bool).
+
+    Everything else decides anyway, on the safe side: ``enter: false`` is a veto whatever the other
+    fields say, and ``enter: true`` needs a confidence from 0 to 1 to be weighed at all.
+    """
+    if not isinstance(args, dict) or not isinstance(args.get("enter"), bool):
         return None
-    enter, confidence, reason = args["enter"], args["confidence"], args["reason"]
-    if not isinstance(enter, bool) or not isinstance(reason, str) or not reason.strip():
-        return None
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
-        return None
-    if not math.isfinite(confidence) or not 0 <= confidence <= 1:
-        return None
-    return enter, float(confidence), reason.strip()[:MAX_REASON_CHARS]
+    enter, odd = args["enter"], []
+    extra = sorted(str(k) for k in args if k not in FIELDS)
+    if extra:
+        odd.append("unexpected fields: " + ", ".join(extra)[:200])
+    confidence = args.get("confidence")
+    if "confidence" not in args:
+        odd.append("no confidence")
+        confidence = None
+    elif (isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not math.isfinite(confidence)
+          or not 0 <= confidence <= 1):
+        odd.append(f"confidence {_shown(confidence)} is not a number from 0 to 1")
+        confidence = None
+    else:
+        confidence = float(confidence)
+    reason = args.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        odd.append("no reason")
+        reason = "vetoed without a reason" if not enter else "entry approved without a reason"
+    return Answer(enter, confidence, reason.strip()[:MAX_REASON_CHARS], "; ".join(odd) or None)
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _fallback(p: EntryProposal, why: FallbackWhy, spend: dict | None = None, detail: str | None = None) -> EntryReview:
@@ -286,7 +334,8 @@ def _record(cycle_id: int, p: EntryProposal, review: EntryReview, now: datetime,
 
 
 def _previous_review(cycle_id: int, symbol: str) -> EntryReview | None:
-    """The first recorded review of ``symbol`` in this cycle (a retried evaluation asks no second time)."""
+    """The first recorded review of ``symbol`` in this cycle (a retried evaluation asks no second time, so a
+    veto stays a veto). Database errors are raised, never taken for "no review yet"."""
     with session_scope() as s:
         row = s.scalars(select(Decision).where(Decision.cycle_id == cycle_id, Decision.symbol == symbol,
                                                Decision.kind == "advisor").order_by(Decision.id).limit(1)).first()

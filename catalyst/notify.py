@@ -1,7 +1,7 @@
 """Operator alerts: always to the log and ``agent_logs``; to a webhook and/or e-mail when configured.
 
-:func:`notify` is called from the exit path and the risk monitor, so it never raises and never
-waits on a receiver or a queue:
+:func:`notify` is called from the exit path, the risk monitor and the workers' alert watch, so it
+never raises and never waits on a receiver or a queue:
 
 1. the ``notifications`` row and its ``agent_logs`` row are written in one transaction (a
    ``dedupe_key`` seen before writes nothing and returns the first row's id);
@@ -9,7 +9,8 @@ waits on a receiver or a queue:
 3. the row's id is handed to a per-process background thread that enqueues
    ``catalyst.deliver_notification`` on ``maintenance`` after the commit. A broker that is slow or
    down delays only that thread; whatever it could not enqueue stays ``pending`` and
-   :func:`deliver_pending` (called every minute) queues it again.
+   :func:`deliver_pending` (every minute, by the workers' alert watch in workers/heartbeat.py)
+   queues it again.
 
 Delivery itself (webhook, SMTP, retries) runs in the worker: see :mod:`catalyst.notify_delivery`.
 """
@@ -343,7 +344,7 @@ def deliver_pending(rt=None, *, older_than: timedelta = PENDING_AFTER) -> int:
             ids = list(s.scalars(select(Notification.id).where(Notification.status == "pending",
                                                                Notification.created_at <= cutoff)
                                  .order_by(Notification.id).limit(SWEEP_LIMIT)))
-    except Exception as exc:  # noqa: BLE001 - called from the risk monitor: never its problem
+    except Exception as exc:  # noqa: BLE001 - called from the alert watch: never its problem
         log.warning("notification_sweep_failed", error=type(exc).__name__)
         return 0
     queued = 0

@@ -42,7 +42,8 @@ SETTLED = ("sent", "failed")
 
 @dataclass(frozen=True)
 class Outcome:
-    """``status``: sent | failed | logged | pending | busy | not_due | settled; ``retry_in``: run again then."""
+    """``status``: sent | failed | logged | pending | busy | not_due | settled | superseded (another
+    delivery recorded the row first); ``retry_in``: run again then."""
 
     status: str
     retry_in: float | None = None
@@ -53,42 +54,83 @@ def backoff(attempts: int) -> float:
 
 
 def deliver(notification_id: int, *, settings=None, worker: str | None = None) -> Outcome:
-    """One delivery round for the row's channels that are due; safe to run twice or concurrently."""
+    """One delivery round for the row's channels that are due; safe to run twice or concurrently.
+
+    The row is read again once the sender lease is held, and saved before the lease is given back:
+    a second delivery that read the row while the first was sending (the outbox's and the sweep's,
+    or a busy-retry chain) then sees what the first recorded and sends nothing again.
+    """
     if settings is None:
         from catalyst.settings import get_settings
 
         settings = get_settings()
-    with session_scope() as s:
-        row = s.get(Notification, notification_id)
-        if row is None:
-            raise BadInput(f"unknown notification id {notification_id}")
-        if row.status != "pending":
-            return Outcome("settled")
-        alert = Alert(row.id, row.event, row.severity, row.title, row.text, row.occurred_at, dict(row.context or {}))
-        deliveries, attempts = {k: dict(v) for k, v in (row.deliveries or {}).items()}, row.attempts
     channels = configured(settings)
+    seen = _read(notification_id)
+    if seen is None:
+        return Outcome("settled")
     if not channels:
-        _save(notification_id, deliveries, attempts, "logged")
-        return Outcome("logged")
-    now = _now()
-    due = [c for c in channels if deliveries.get(c, {}).get("status") not in SETTLED
-           and _next_at(deliveries.get(c)) <= now]
-    if not due:
-        waiting = [_next_at(deliveries.get(c)) for c in channels if deliveries.get(c, {}).get("status") not in SETTLED]
-        return Outcome("not_due") if waiting else _finish(notification_id, deliveries, attempts, channels)
+        return Outcome("logged" if _save(notification_id, seen.deliveries, seen.attempts, seen.attempts, "logged")
+                       else "superseded")
+    if not _due(seen, channels):  # a cheap look first: nothing to send means no lease to wait for
+        return _idle(seen, channels)
     holder = f"{worker or socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-    ttl = sum(SOCKET_OPERATIONS[c] for c in due) * settings.notify_timeout + 10
+    ttl = sum(SOCKET_OPERATIONS[c] for c in channels) * settings.notify_timeout + 10
     if leases.acquire(SENDER_LEASE, holder, ttl) is None:
         return Outcome("busy", BUSY_RETRY)
     try:
+        row = _read(notification_id)  # what another delivery recorded while this one waited
+        if row is None:
+            return Outcome("settled")
+        due = _due(row, channels)
+        if not due:
+            return _idle(row, channels)
+        deliveries = dict(row.deliveries)
         for channel in due:
-            deliveries[channel] = _attempt(channel, settings, alert, deliveries.get(channel, {}))
+            deliveries[channel] = _attempt(channel, settings, row.alert, deliveries.get(channel, {}))
+        return _finish(row, deliveries, row.attempts + 1, channels)
     finally:
         try:
             leases.release(SENDER_LEASE, holder)
         except Exception:  # noqa: BLE001 - it expires on its own
             pass
-    return _finish(notification_id, deliveries, attempts + 1, channels)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A pending row as one read saw it."""
+
+    alert: Alert
+    deliveries: dict
+    attempts: int
+
+
+def _read(notification_id: int) -> _Row | None:
+    """The row if it is still ``pending``, else None (settled); an unknown id is bad input."""
+    with session_scope() as s:
+        row = s.get(Notification, notification_id)
+        if row is None:
+            raise BadInput(f"unknown notification id {notification_id}")
+        if row.status != "pending":
+            return None
+        alert = Alert(row.id, row.event, row.severity, row.title, row.text, row.occurred_at, dict(row.context or {}))
+        return _Row(alert, {k: dict(v) for k, v in (row.deliveries or {}).items()}, row.attempts)
+
+
+def _open(row: _Row, channels: list[str]) -> list[str]:
+    return [c for c in channels if row.deliveries.get(c, {}).get("status") not in SETTLED]
+
+
+def _due(row: _Row, channels: list[str]) -> list[str]:
+    now = _now()
+    return [c for c in _open(row, channels) if _next_at(row.deliveries.get(c)) <= now]
+
+
+def _idle(row: _Row, channels: list[str]) -> Outcome:
+    """Nothing due: a channel waits for its retry (queued by the delivery that set it), or every channel
+    settled and only the row's status is left to record."""
+    if _open(row, channels):
+        return Outcome("not_due")
+    return _finish(row, row.deliveries, row.attempts, channels)
 
 
 def _attempt(channel: str, settings, alert: Alert, record: dict) -> dict:
@@ -120,7 +162,7 @@ def _attempt(channel: str, settings, alert: Alert, record: dict) -> dict:
     return record
 
 
-def _finish(notification_id: int, deliveries: dict, attempts: int, channels: list[str]) -> Outcome:
+def _finish(row: _Row, deliveries: dict, attempts: int, channels: list[str]) -> Outcome:
     states = [deliveries.get(c, {}).get("status") for c in channels]
     if all(state == "sent" for state in states):
         status = "sent"
@@ -128,21 +170,29 @@ def _finish(notification_id: int, deliveries: dict, attempts: int, channels: lis
         status = "pending"
     else:
         status = "failed"
-    _save(notification_id, deliveries, attempts, status)
+    if not _save(row.alert.notification_id, deliveries, row.attempts, attempts, status):
+        return Outcome("superseded")
     if status != "pending":
         return Outcome(status)
     waits = [_next_at(deliveries.get(c)) for c in channels if deliveries.get(c, {}).get("status") not in SETTLED]
     return Outcome("pending", max((min(waits) - _now()).total_seconds(), 0.0))
 
 
-def _save(notification_id: int, deliveries: dict, attempts: int, status: str) -> None:
+def _save(notification_id: int, deliveries: dict, read_attempts: int, attempts: int, status: str) -> bool:
+    """Record a round only if the row is as this delivery read it (still pending, same attempts count):
+    whatever another delivery recorded meanwhile is never overwritten. False when it was."""
     now = _now()
     values = dict(deliveries=deliveries, attempts=attempts, status=status)
     if status == "sent":
         values["sent_at"] = now
     with session_scope() as s:
-        s.execute(update(Notification).where(Notification.id == notification_id, Notification.status == "pending")
-                  .values(**values))
+        won = s.execute(update(Notification).where(Notification.id == notification_id,
+                                                   Notification.status == "pending",
+                                                   Notification.attempts == read_attempts)
+                        .values(**values)).rowcount == 1
+    if not won:
+        log.warning("notification_superseded", notification_id=notification_id, status=status)
+    return won
 
 
 def _next_at(record: dict | None) -> datetime:

@@ -332,9 +332,11 @@ def _close(rt: Runtime, position_id: int, report: BrokerOrderReport, worker: str
     if won:
         log.info("position_closed", position_id=position_id, symbol=position.symbol, reason=position.exit_reason,
                  exit_price=report.filled_avg_price, realized_pnl=round(pnl, 2), pnl_pct=round(pnl_pct, 3))
-        _notify_closed(position)
-        if rt.broker.supports_legs:
-            cancel_leftover_stops(rt, position_id)
+        try:
+            if rt.broker.supports_legs:  # first: a stop still working after the close could fill and open a short
+                cancel_leftover_stops(rt, position_id)
+        finally:
+            _notify_closed(position)
     with session_scope() as s:
         return s.get(Position, position_id)
 

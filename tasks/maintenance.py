@@ -6,9 +6,7 @@ import structlog
 
 from catalyst import task_args
 from catalyst.celery import app
-from catalyst.alerts import check_services
 from catalyst.guard import check_risk as run_check_risk
-from catalyst.notify import deliver_pending
 from catalyst.reconcile import ReconcileBusy, reconcile as run_reconcile
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask
@@ -47,11 +45,6 @@ def send_exit(position_id: int) -> None:
 def check_risk(self, slot: str | None = None) -> dict:
     """The day's P&L against the daily loss limit: REDUCING at the warning, the emergency stop at the limit."""
     task_args.slot(slot)
-    rt = get_runtime()
-    result = run_check_risk(rt, dispatch=send_exit, worker=self.request.hostname).as_dict()
-    for step in (check_services, deliver_pending):  # stale services, and alerts a lost enqueue left pending
-        try:
-            step(rt)
-        except Exception as exc:  # noqa: BLE001 - alerts never break the risk monitor
-            log.warning("alert_step_failed", step=step.__name__, error=type(exc).__name__)
-    return result
+    # Stale services and alerts whose enqueue was lost are watched from the workers at all hours
+    # (workers.heartbeat.AlertWatchThread), not from here: this task needs beat and runs only in session.
+    return run_check_risk(get_runtime(), dispatch=send_exit, worker=self.request.hostname).as_dict()

@@ -22,7 +22,8 @@ def scan_market(self, slot: str | None = None) -> int:
     return cycle_id
 
 
-@app.task(name="catalyst.evaluate_candidates", base=CatalystTask, bind=True)
+@app.task(name="catalyst.evaluate_candidates", base=CatalystTask, bind=True, autoretry_for=(OperationalError,),
+          retry_backoff=2, retry_backoff_max=30, max_retries=5)
 def evaluate_candidates(self, cycle_id: int) -> list[str]:
     planned = evaluate_cycle(get_runtime(), task_args.row_id(cycle_id, "cycle_id"), worker=self.request.hostname)
     for p in planned:

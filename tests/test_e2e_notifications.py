@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -101,3 +102,38 @@ def test_an_exit_completes_while_the_receiver_hangs_and_its_alert_follows(alert_
     for secret in (TOKEN, SMTP_PASSWORD):
         assert secret not in stack.logs() and secret not in cli_output and secret not in recorded
     assert "notification_sent" in stack.logs()
+
+
+def test_with_no_beat_running_a_worker_reports_the_dead_beat_and_a_dead_worker(pg_url, redis_url, tmp_path, stack,
+                                                                              receiver):
+    """Beat is gone and it is a Saturday (no session, so no check_risk either): the one live worker still
+    reports each service that stopped beating, once, to the webhook — and not itself."""
+    receiver.release()
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
+           "CATALYST_CLOCK": "sim:2025-03-08T12:00:00-05:00@1", "CATALYST_AUTO_ENTRIES": "false",
+           "CATALYST_HEARTBEAT_INTERVAL": "1", "CATALYST_WEBHOOK_URL": receiver.url}
+    with environment(env):
+        from catalyst.db.engine import session_scope
+
+        quiet = datetime.now(timezone.utc) - timedelta(minutes=10)
+        with session_scope() as s:  # a beat and a worker that died without saying goodbye
+            s.add(ServiceHealth(service_name="beat", kind="beat", status="active", started_at=quiet,
+                                last_heartbeat=quiet))
+            s.add(ServiceHealth(service_name="worker@gone", kind="worker", status="online", started_at=quiet,
+                                last_heartbeat=quiet))
+        stack.worker()
+        wait_for(lambda: len(receiver.bodies("service_stale")) >= 2, 90, what="both stale services on the webhook")
+        reported = sorted(b["context"]["service"] for b in receiver.bodies("service_stale"))
+        assert reported == ["beat", "worker@gone"]
+        alerts = rows(Notification, Notification.event == "service_stale")
+        assert sorted(n.context["service"] for n in alerts) == ["beat", "worker@gone"]
+        wait_for(lambda: {n.status for n in rows(Notification, Notification.event == "service_stale")} == {"sent"},
+                 30, what="both alerts recorded as sent")
+        live = query(lambda s: s.scalar(select(ServiceHealth.service_name).where(ServiceHealth.kind == "worker",
+                                                                                 ServiceHealth.status == "online",
+                                                                                 ServiceHealth.service_name
+                                                                                 != "worker@gone")))
+        assert live and live.startswith("worker@")
+        time.sleep(5)  # five more watch rounds: nothing new (one alert per episode), the live worker never stale
+        assert len(receiver.bodies("service_stale")) == 2
+        assert query(lambda s: s.scalar(select(func.count()).select_from(Notification))) == 2

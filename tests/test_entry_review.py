@@ -162,21 +162,16 @@ def test_an_enter_answer_below_the_minimum_confidence_rejects(db, fake_anthropic
     assert (row.action, row.details["verdict"]) == ("enter" if enters else "skip", verdict)
 
 
+# Only an answer that is neither yes nor no (no call of the tool, or ``enter`` missing or not a bool) is
+# malformed: then the rules verdict stands, recorded as a fallback.
 MALFORMED = {
     "text-only": "text_only",
     "other-tool": "wrong_tool",
     "exit-tool-input": "missing_reason",
-    "missing-confidence": {"enter": True, "reason": "Looks fine."},
-    "missing-reason": {"enter": True, "confidence": 0.9},
-    "extra-field": {"enter": True, "confidence": 0.9, "reason": "Fine.", "size": 100},
-    "confidence-above-1": {"enter": True, "confidence": 1.5, "reason": "Very sure."},
-    "confidence-below-0": {"enter": False, "confidence": -0.1, "reason": "No."},
-    "confidence-string": {"enter": True, "confidence": "0.9", "reason": "Fine."},
-    "confidence-bool": {"enter": True, "confidence": True, "reason": "Fine."},
-    "confidence-null": {"enter": True, "confidence": None, "reason": "Fine."},
+    "missing-enter": {"confidence": 0.9, "reason": "Looks fine."},
     "enter-string": {"enter": "yes", "confidence": 0.9, "reason": "Fine."},
     "enter-null": {"enter": None, "confidence": 0.9, "reason": "Fine."},
-    "blank-reason": {"enter": False, "confidence": 0.9, "reason": "   "},
+    "enter-number": {"enter": 1, "confidence": 0.9, "reason": "Fine."},
 }
 
 
@@ -194,6 +189,110 @@ def test_a_malformed_answer_falls_back_to_the_rules_verdict_and_is_still_charged
         "advisor", "enter", "fallback", "malformed_answer")
     assert row.details["cost_usd"] == pytest.approx(USAGE_COST)
     assert usage_row().spent_usd == pytest.approx(USAGE_COST) and usage_row().reserved_usd == 0
+
+
+ODD_VETOES = {  # enter=false is a clear veto whatever the other fields say
+    "confidence-percent": ({"enter": False, "confidence": 85, "reason": "Chasing."}, None, "confidence 85"),
+    "confidence-just-above-1": ({"enter": False, "confidence": 1.2, "reason": "Chasing."}, None, "confidence 1.2"),
+    "confidence-below-0": ({"enter": False, "confidence": -0.1, "reason": "No."}, None, "confidence -0.1"),
+    "confidence-string": ({"enter": False, "confidence": "high", "reason": "No."}, None, 'confidence "high"'),
+    "confidence-null": ({"enter": False, "confidence": None, "reason": "No."}, None, "confidence null"),
+    "missing-confidence": ({"enter": False, "reason": "No."}, None, "no confidence"),
+    "blank-reason": ({"enter": False, "confidence": 0.9, "reason": "   "}, 0.9, "no reason"),
+    "missing-reason": ({"enter": False, "confidence": 0.9}, 0.9, "no reason"),
+    "extra-field": ({"enter": False, "confidence": 0.9, "reason": "No.", "size": 0}, 0.9, "unexpected fields: size"),
+}
+
+
+@pytest.mark.parametrize("answer, confidence, oddity", list(ODD_VETOES.values()), ids=list(ODD_VETOES))
+def test_a_clear_veto_is_honoured_whatever_else_the_answer_says(db, fake_anthropic, answer, confidence, oddity):
+    fake_anthropic.script(answer)
+    cycle = new_cycle()
+    (review,) = review_entries(runtime(fake_anthropic), cycle, [proposal()], NOW, WORKER)
+    assert (review.enter, review.source, review.verdict, review.fallback_why, review.confidence) == (
+        False, "advisor", "reject", None, confidence)
+    assert oddity in review.anomaly
+    (row,) = decisions(cycle)
+    assert (row.action, row.details["verdict"], row.details["anomaly"]) == ("skip", "reject", review.anomaly)
+    assert row.details["cost_usd"] == pytest.approx(USAGE_COST)
+
+
+@pytest.mark.parametrize("confidence", [85, 1.2])
+def test_a_veto_stated_with_a_percentage_confidence_never_becomes_an_entry(db, fake_anthropic, confidence):
+    """The reviewer's case: Claude says enter=false but states its confidence as a percentage (85) or slightly
+    above 1; the strict schema (no numeric bounds) lets it through."""
+    fake_anthropic.confidence = confidence
+    fake_anthropic.script("pass")
+    (review,) = review_entries(runtime(fake_anthropic), new_cycle(), [proposal()], NOW, WORKER)
+    assert review.enter is False, f"{review.verdict} / {review.fallback_why} / {review.reason}"
+
+
+UNUSABLE_CONFIDENCE = {
+    "above-1": 1.5, "percent": 85, "string": "0.9", "bool": True, "null": None, "list": [0.9],
+}
+
+
+@pytest.mark.parametrize("confidence", list(UNUSABLE_CONFIDENCE.values()), ids=list(UNUSABLE_CONFIDENCE))
+def test_an_enter_answer_without_a_usable_confidence_is_low_confidence(db, fake_anthropic, confidence):
+    fake_anthropic.script({"enter": True, "confidence": confidence, "reason": "Very sure."})
+    cycle = new_cycle()
+    (review,) = review_entries(runtime(fake_anthropic), cycle, [proposal()], NOW, WORKER)
+    assert (review.enter, review.source, review.verdict, review.fallback_why, review.confidence) == (
+        False, "advisor", "low_confidence", None, None)
+    assert "confidence" in review.anomaly
+    (row,) = decisions(cycle)
+    assert (row.action, row.details["verdict"]) == ("skip", "low_confidence")
+
+
+def test_an_enter_answer_with_no_confidence_at_all_is_low_confidence(db, fake_anthropic):
+    fake_anthropic.script({"enter": True, "reason": "Looks fine."})
+    (review,) = review_entries(runtime(fake_anthropic), new_cycle(), [proposal()], NOW, WORKER)
+    assert (review.enter, review.verdict, review.anomaly) == (False, "low_confidence", "no confidence")
+
+
+@pytest.mark.parametrize("answer, oddity", [
+    ({"enter": True, "confidence": 0.9}, "no reason"),
+    ({"enter": True, "confidence": 0.9, "reason": " "}, "no reason"),
+    ({"enter": True, "confidence": 0.9, "reason": "Fine.", "size": 100}, "unexpected fields: size"),
+], ids=["missing-reason", "blank-reason", "extra-field"])
+def test_a_confident_enter_with_an_odd_detail_enters_and_the_oddity_is_recorded(db, fake_anthropic, answer, oddity):
+    """What the rules would do anyway (enter), said with enough confidence; the oddity stays on record."""
+    fake_anthropic.script(answer)
+    cycle = new_cycle()
+    (review,) = review_entries(runtime(fake_anthropic), cycle, [proposal()], NOW, WORKER)
+    assert (review.enter, review.source, review.verdict, review.confidence) == (True, "advisor", "accept", 0.9)
+    assert review.anomaly == oddity and review.reason
+    (row,) = decisions(cycle)
+    assert (row.action, row.details["anomaly"]) == ("enter", oddity)
+
+
+def test_a_database_error_looking_up_an_earlier_review_stops_the_review_instead_of_entering(
+        db, fake_anthropic, monkeypatch):
+    """Not knowing whether Claude already vetoed this candidate (a retried evaluation) must not become an
+    entry: the error reaches the evaluation, nothing is asked, nothing is recorded as entered."""
+    from contextlib import contextmanager
+
+    from sqlalchemy.exc import OperationalError
+
+    from catalyst import entry_review
+
+    fake_anthropic.default = "enter"
+    cycle = new_cycle()
+    fake_anthropic.script("pass")
+    (first,) = review_entries(runtime(fake_anthropic), cycle, [proposal()], NOW, WORKER)
+    assert first.enter is False
+
+    @contextmanager
+    def database_away(url=None):
+        raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(entry_review, "session_scope", database_away)
+    with pytest.raises(OperationalError):
+        review_entries(runtime(fake_anthropic), cycle, [proposal(), proposal("AMD")], NOW, WORKER)
+    assert fake_anthropic.calls == 1  # the retry asked nothing: not the vetoed NVDA, not AMD
+    monkeypatch.undo()
+    assert [(d.symbol, d.action) for d in decisions(cycle)] == [("NVDA", "skip")]
 
 
 # -- API failures ------------------------------------------------------------------------------------
@@ -415,10 +514,8 @@ def test_the_entry_gate_keys_are_apart_from_any_monitor_slot(db):
     assert advisor_budget.grant_consult(datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), 1), "apart from monitor slots"
 
 
-# -- wired into evaluate_cycle (live once the lead applies the cycles.py patch) ----------------------
+# -- wired into evaluate_cycle ---------------------------------------------------------------------
 
-@pytest.mark.skipif(not hasattr(__import__("catalyst.cycles").cycles, "_reviewed"),
-                    reason="review_entries is not wired into catalyst.cycles.evaluate_cycle yet")
 def test_evaluate_cycle_turns_a_veto_into_an_advisor_rejected_skip_and_a_fallback_into_the_rules_entry(
         db, fake_anthropic):
     from catalyst import cycles

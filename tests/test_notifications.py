@@ -328,6 +328,66 @@ def test_only_one_delivery_talks_to_receivers_at_a_time(db_env, enqueued):
         assert drive(second).status == "sent"
 
 
+
+def test_two_deliveries_of_one_alert_never_post_it_twice(pg_url, webhook, enqueued, monkeypatch):
+    """Two deliveries of the same row run at once (the outbox's and the minute sweep's, or a busy-retry chain):
+    B reads the row while A is sending and takes the sender lease just after A gives it back. B must see what
+    A recorded (sent) and post nothing. Repeated: the window is a thread switch wide."""
+    with environment({"DATABASE_URL": pg_url, "CATALYST_WEBHOOK_URL": webhook.url}):
+        real_acquire, real_release, real_send = (notify_delivery.leases.acquire, notify_delivery.leases.release,
+                                                 notify_delivery.SENDERS["webhook"])
+        for n in range(5):
+            nid = notify("emergency_stop", "critical", "Emergency stop", "closing everything", dedupe_key=f"es:{n}")
+            assert notify_module.flush(5)
+            a_sending, a_released = threading.Event(), threading.Event()
+
+            def send(settings, alert, a_sending=a_sending):
+                if threading.current_thread().name == "A":
+                    a_sending.set()
+                return real_send(settings, alert)
+
+            def acquire(name, holder, ttl, url=None, a_released=a_released):
+                if threading.current_thread().name == "B":
+                    a_released.wait(10)  # B read the row during A's send; its request lands just after A's release
+                return real_acquire(name, holder, ttl, url)
+
+            def release(name, holder, url=None, a_released=a_released):
+                real_release(name, holder, url)
+                if threading.current_thread().name == "A":
+                    a_released.set()
+
+            monkeypatch.setitem(notify_delivery.SENDERS, "webhook", send)
+            monkeypatch.setattr(notify_delivery.leases, "acquire", acquire)
+            monkeypatch.setattr(notify_delivery.leases, "release", release)
+            webhook.hold()
+            outcomes = {}
+            a = threading.Thread(target=lambda: outcomes.update(A=deliver(nid)), name="A")
+            a.start()
+            assert a_sending.wait(10)
+            b = threading.Thread(target=lambda: outcomes.update(B=deliver(nid)), name="B")
+            b.start()
+            time.sleep(0.3)  # B has read the row (still pending, nothing delivered) and waits for the lease
+            webhook.release()
+            a.join(20)
+            b.join(20)
+            posted = [body for body in webhook.bodies("emergency_stop") if body["notification_id"] == nid]
+            assert len(posted) == 1, f"round {n}: posted {len(posted)} times"
+            assert (outcomes["A"].status, outcomes["B"].status) == ("sent", "settled")
+            row = query(lambda s: s.get(Notification, nid))
+            assert (row.status, row.attempts, row.deliveries["webhook"]["attempts"]) == ("sent", 1, 1)
+
+
+def test_a_delivery_never_overwrites_what_another_recorded_meanwhile(pg_url, webhook, enqueued):
+    """The save is conditional on the attempts count its delivery read: a late writer changes nothing."""
+    with environment({"DATABASE_URL": pg_url, "CATALYST_WEBHOOK_URL": webhook.url}):
+        nid = notify("emergency_stop", "critical", "Emergency stop", "closing everything", dedupe_key="es:late")
+        assert deliver(nid).status == "sent"
+        stale = {"webhook": {"status": "retrying", "attempts": 1, "next_at": datetime.now(UTC).isoformat()}}
+        assert notify_delivery._save(nid, stale, 0, 1, "pending") is False
+        row = query(lambda s: s.get(Notification, nid))
+        assert (row.status, row.attempts, row.deliveries["webhook"]["status"]) == ("sent", 1, "sent")
+
+
 # -- sources ----------------------------------------------------------------------------------------------
 def test_stale_services_alert_once_per_episode_and_recovery_once(db_env, webhook, enqueued):
     from catalyst.alerts import check_services
@@ -365,6 +425,143 @@ def test_stale_services_alert_once_per_episode_and_recovery_once(db_env, webhook
     check_services(rt, now + timedelta(seconds=200))  # quiet again: a new episode
     assert [n.event for n in rows(Notification)] == ["service_stale", "service_recovered", "service_stale"]
     assert all(n.severity == ("info" if n.event == "service_recovered" else "warning") for n in rows(Notification))
+
+
+
+# -- the alert watch (workers, not beat) ----------------------------------------------------------------
+def _service(name: str, kind: str, at: datetime, status: str = "online") -> None:
+    from catalyst.db.engine import session_scope
+
+    with session_scope() as s:
+        s.add(ServiceHealth(service_name=name, kind=kind, status=status, started_at=at, last_heartbeat=at))
+
+
+def test_the_alert_watch_runs_in_one_worker_at_a_time_and_reports_a_dead_beat(pg_url, webhook, enqueued,
+                                                                               monkeypatch):
+    """Nothing on beat's schedule: the workers' watch finds the beat that stopped beating, from exactly one
+    of N workers each round (a lease), and a worker that stops hands the watch over at once."""
+    from catalyst import alerts, leases
+    from workers.heartbeat import ALERT_WATCH_LEASE, AlertWatchThread
+    from tests.support import race
+
+    with environment({"DATABASE_URL": pg_url, "CATALYST_WEBHOOK_URL": webhook.url,
+                      "CATALYST_HEARTBEAT_INTERVAL": "10",
+                      "CATALYST_CLOCK": "sim:2025-03-08T12:00:00-05:00@1"}):  # a Saturday: no session, no beat
+        _service("beat", "beat", datetime.now(UTC) - timedelta(minutes=5), status="active")
+        real_check, running, overlaps = alerts.check_services, [], []
+        lock = threading.Lock()
+
+        def check(rt, now=None):
+            with lock:
+                running.append(1)
+                overlaps.append(len(running))
+            try:
+                time.sleep(0.01)
+                return real_check(rt, now)
+            finally:
+                with lock:
+                    running.pop()
+
+        monkeypatch.setattr(alerts, "check_services", check)
+        watches = [AlertWatchThread(f"w{i}@host", 10, settle=False) for i in range(4)]
+        for _ in range(20):
+            looked = race(4, lambda i: watches[i].tick())
+            assert sorted(looked) == [False, False, False, True], looked
+            holder = watches[looked.index(True)]
+            assert all(w.tick() is (w is holder) for w in watches)  # the holder keeps it while it lives
+            holder.stop()  # a clean shutdown: the next round is someone's at once
+            assert leases.current_holder(ALERT_WATCH_LEASE) is None
+        assert max(overlaps) == 1 and len(overlaps) == 40
+        (stale,) = rows(Notification)
+        assert (stale.event, stale.context["service"], stale.context["kind"]) == ("service_stale", "beat", "beat")
+        assert enqueued == [stale.id]
+
+
+def test_the_alert_watch_survives_its_failures_and_never_holds_up_a_heartbeat(pg_url, enqueued, monkeypatch,
+                                                                              capfd):
+    from catalyst import alerts
+    from catalyst import notify as notify_mod
+    from catalyst.logs import configure_logging
+    from workers.heartbeat import AlertWatchThread, HeartbeatThread
+
+    with environment({"DATABASE_URL": pg_url, "CATALYST_HEARTBEAT_INTERVAL": "0.1"}):
+        configure_logging("INFO", "test", persist=False)
+        sweeps = []
+        monkeypatch.setattr(notify_mod, "deliver_pending", lambda rt=None: sweeps.append(1) or 0)
+
+        def broken(rt, now=None):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(alerts, "check_services", broken)
+        watch = AlertWatchThread("w@host", 0.1, settle=False)
+        assert watch.tick() and watch.tick()  # no exception escapes; the sweep still ran, once a minute
+        assert len(sweeps) == 1
+        assert "alert_watch_failed" in capfd.readouterr().err
+
+        stuck, unstick = threading.Event(), threading.Event()
+
+        def hanging(rt, now=None):
+            stuck.set()
+            unstick.wait(30)
+            return []
+
+        monkeypatch.setattr(alerts, "check_services", hanging)
+        heart, watcher = HeartbeatThread("w@host", "worker", 0.1), AlertWatchThread("w2@host", 0.1, settle=False)
+        heart.start()
+        watcher.start()
+        try:
+            assert stuck.wait(10)
+            first = wait_for_beat("w@host", None)
+            assert wait_for_beat("w@host", first) > first  # still beating while the watch hangs
+        finally:
+            unstick.set()
+            watcher.stop()
+            heart.stop()
+            watcher.join(5)
+            heart.join(5)
+
+
+
+def test_after_its_start_or_an_outage_the_watch_gives_every_service_time_to_beat_before_judging(pg_url, enqueued,
+                                                                                            monkeypatch):
+    """Every heartbeat failed while the database was away: the first look after it returns must not report
+    them all (itself included) as not responding."""
+    from catalyst import leases
+    from sqlalchemy.exc import OperationalError
+    from workers.heartbeat import AlertWatchThread
+
+    with environment({"DATABASE_URL": pg_url, "CATALYST_HEARTBEAT_INTERVAL": "0.2"}):
+        watch = AlertWatchThread("w@host", 0.2, settle=False)
+        real_acquire = leases.acquire
+
+        def away(*args, **kwargs):
+            raise OperationalError("UPDATE leases", {}, Exception("connection refused"))
+
+        monkeypatch.setattr(leases, "acquire", away)
+        assert watch.tick() is False
+        monkeypatch.setattr(leases, "acquire", real_acquire)
+        _service("w@host", "worker", datetime.now(UTC) - timedelta(seconds=5))  # quiet through the outage
+        assert watch.tick() is True
+        assert rows(Notification) == []  # back, but not yet judging
+        time.sleep(0.7)  # the stale threshold (3 intervals) since the outage: judging again
+        assert watch.tick() is True
+        assert [n.event for n in rows(Notification)] == ["service_stale"]
+
+        started = AlertWatchThread("w2@host", 0.2)  # just started: the services starting with it get to beat
+        watch.stop()
+        _service("w3@host", "worker", datetime.now(UTC) - timedelta(seconds=5))
+        assert started.tick() is True and len(rows(Notification)) == 1
+        time.sleep(0.7)
+        assert started.tick() is True
+        assert [n.context["service"] for n in rows(Notification)] == ["w@host", "w3@host"]
+
+
+def wait_for_beat(name: str, after: datetime | None) -> datetime:
+    from tests.support import wait_for
+
+    return wait_for(lambda: (row := query(lambda s: s.get(ServiceHealth, name))) is not None
+                    and (after is None or row.last_heartbeat > after) and row.last_heartbeat, 10,
+                    what=f"a heartbeat of {name}")
 
 
 def test_the_daily_summary_counts_the_market_day_once(db_env, enqueued):
@@ -457,6 +654,30 @@ def test_a_refused_exit_is_a_critical_alert_naming_the_refusal(fake_alpaca, pg_u
         assert fake_alpaca.secret not in everything_recorded()
     (body,) = webhook.bodies("exit_refused")
     assert "Exit refused: ACME" in body["text"] and "A stop protects the shares" in body["text"]
+
+
+
+def test_a_closed_positions_leftover_stops_are_cancelled_before_the_operator_is_told(fake_alpaca, pg_url, redis_url,
+                                                                                     tmp_path, webhook, enqueued,
+                                                                                     monkeypatch):
+    """Recording the alert writes to the database; a stop still working meanwhile could fill and open a short.
+    So the close cancels what is left of its stops first, and only then notifies."""
+    from catalyst import positions
+    from catalyst.entries import open_position
+    from catalyst.runtime import get_runtime
+    from tests.alpaca_support import alpaca_env, alpaca_market
+
+    calls = []
+    real_cancel, real_notify = positions.cancel_leftover_stops, positions.notify
+    monkeypatch.setattr(positions, "cancel_leftover_stops",
+                        lambda rt, pid: calls.append("cancel_leftover_stops") or real_cancel(rt, pid))
+    monkeypatch.setattr(positions, "notify", lambda event, *a, **kw: calls.append(event) or real_notify(event, *a, **kw))
+    env = alpaca_env(fake_alpaca, pg_url, redis_url, tmp_path, speed=60, CATALYST_WEBHOOK_URL=webhook.url)
+    with alpaca_market(fake_alpaca, env, {"ACME": 100.0}):
+        position = open_position(get_runtime(), symbol="ACME", qty=10, client_order_id="entry-c1-ACME")
+        positions.request_exit(get_runtime(), position.id, "take_profit")
+        assert positions.execute_exit(get_runtime(), position.id).status == "closed"
+    assert calls == ["cancel_leftover_stops", "position_closed"]
 
 
 @pytest.fixture

@@ -1,16 +1,19 @@
-"""Heartbeats: each worker and beat upserts its ``service_health`` row on a wall-clock timer."""
+"""Heartbeats: each worker and beat upserts its ``service_health`` row on a wall-clock timer; and the
+alert watch, which looks at those rows from a worker (never from beat) at all hours."""
 
 from __future__ import annotations
 
 import os
 import socket
 import threading
+import time
 from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
+from catalyst import leases
 from catalyst.db.engine import session_scope
 from catalyst.db.models import ServiceHealth
 from catalyst.records import COUNTERS
@@ -55,3 +58,71 @@ class HeartbeatThread(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+
+ALERT_WATCH_LEASE = "alert-watch"
+WATCH_LEASE_BEATS = 3  # a holder that stops renewing is replaced after this many intervals
+SWEEP_EVERY = 60.0  # seconds between re-queues of pending alerts (the sweep's own age threshold is a minute)
+
+
+class AlertWatchThread(threading.Thread):
+    """Every ``interval`` seconds, in one worker process at a time (a lease): stale and recovered
+    services are reported, and alerts whose enqueue was lost are queued again (once a minute).
+
+    It runs in the worker, not on a beat schedule and not only in session, because the outage that
+    matters most (beat, or the worker that runs ``check_risk``, gone) is exactly when no scheduled
+    task would look. Its own thread: a slow database or broker here never delays a heartbeat, and
+    every failure is logged and retried at the next interval.
+
+    After it could not reach the database (an outage every heartbeat also met), and after its own
+    start (``settle``: the services starting with it), it waits the stale threshold before judging
+    others, so every service has had its chance to beat and neither reads as everyone going quiet.
+    """
+
+    def __init__(self, service: str, interval: float, *, settle: bool = True) -> None:
+        super().__init__(name=f"alert-watch-{service}", daemon=True)
+        self.service, self.interval = service, interval
+        self.holder = f"{service}:{socket.gethostname()}:{os.getpid()}"
+        self._stop_event = threading.Event()
+        self._last_sweep: float | None = None
+        # Monotonic time since when it could not see: its start, or the last round that could not reach the database.
+        self._blind_since: float | None = time.monotonic() if settle else None
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.tick()
+
+    def tick(self) -> bool:
+        """One round; True when this process held the watch and looked. Never raises."""
+        try:
+            if leases.acquire(ALERT_WATCH_LEASE, self.holder, WATCH_LEASE_BEATS * self.interval) is None:
+                return False  # another worker is watching
+        except Exception as exc:  # noqa: BLE001 - the database may be briefly away; the next round retries
+            self._blind_since = time.monotonic()
+            log.warning("alert_watch_failed", step="lease", error=type(exc).__name__)
+            return False
+        from catalyst.alerts import STALE_AFTER_BEATS, check_services
+        from catalyst.notify import deliver_pending
+        from catalyst.runtime import get_runtime
+
+        if self._blind_since is None or time.monotonic() - self._blind_since > STALE_AFTER_BEATS * self.interval:
+            try:
+                check_services(get_runtime())
+            except Exception as exc:  # noqa: BLE001
+                self._blind_since = time.monotonic()
+                log.warning("alert_watch_failed", step="check_services", error=type(exc).__name__)
+        if self._last_sweep is None or time.monotonic() - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = time.monotonic()
+            try:
+                deliver_pending()
+            except Exception as exc:  # noqa: BLE001 - it never raises today; a future one must not stop the watch
+                log.warning("alert_watch_failed", step="deliver_pending", error=type(exc).__name__)
+        return True
+
+    def stop(self) -> None:
+        """Stop and hand the watch over at once (a clean shutdown need not wait for the lease to expire)."""
+        self._stop_event.set()
+        try:
+            leases.release(ALERT_WATCH_LEASE, self.holder)
+        except Exception:  # noqa: BLE001 - it expires on its own
+            pass

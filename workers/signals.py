@@ -13,10 +13,11 @@ from catalyst.db.engine import NotMigrated, dispose_all, ensure_migrated
 from catalyst.core.domain import CatalystError
 from catalyst.logs import configure_logging
 from catalyst.settings import get_settings
-from workers.heartbeat import HeartbeatThread, beat_heart
+from workers.heartbeat import AlertWatchThread, HeartbeatThread, beat_heart
 
 log = structlog.get_logger("catalyst.worker")
 _heartbeat: HeartbeatThread | None = None
+_alert_watch: AlertWatchThread | None = None
 
 
 STARTUP_RETRY_MAX = 5.0  # seconds between start-up attempts while the database does not answer
@@ -78,16 +79,20 @@ def _warm_indicators(sender=None, **_):
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_):
-    global _heartbeat
+    global _heartbeat, _alert_watch
     name = sender.hostname
     beat_heart(name, kind="worker", status="online", reset=True)
     _heartbeat = HeartbeatThread(name, "worker", get_settings().heartbeat_interval)
     _heartbeat.start()
+    _alert_watch = AlertWatchThread(name, get_settings().heartbeat_interval)  # stale services, lost enqueues
+    _alert_watch.start()
     log.info("worker_online", worker=name)
 
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(sender=None, **_):
+    if _alert_watch is not None:
+        _alert_watch.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
         try:
