@@ -23,17 +23,18 @@ import getpass
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from catalyst import orders
 from catalyst.brokers.base import FINAL_ORDER_STATUSES, BrokerError
 from catalyst.core import risk
+from catalyst.core.exits import quote_problem
 from catalyst.core.risk import TradingState
 from catalyst.db.engine import session_scope
-from catalyst.db.models import Order, Position
+from catalyst.db.models import Order, Position, PositionMonitorStatus
 from catalyst.db.models import TradingState as StateRow
 from catalyst.entries import STATE_KEY, book_snapshot, lock_entry_gate, open_from_fill, retire_unsent_entry
 from catalyst.notify import Recorded, record_in, release
@@ -94,10 +95,35 @@ def stored_state(s) -> tuple[risk.GuardState, dict]:
     return risk.GuardState.parse(value), value
 
 
-def todays_pnl(s, rt: Runtime, now: datetime) -> risk.DailyPnl:
-    """The market day's realized + unrealized P&L (positions at the monitor's last price) against the limit."""
-    book = book_snapshot(s, rt, now)
+def todays_pnl(s, rt: Runtime, now: datetime, marks: dict[str, float] | None = None) -> risk.DailyPnl:
+    """The market day's realized + unrealized P&L against the limit: positions at ``marks`` where given,
+    else at the monitor's last price."""
+    book = book_snapshot(s, rt, now).marked(marks or {})
     return risk.daily_pnl(book, rt.settings.max_daily_loss_usd, rt.settings.daily_loss_warning_pct)
+
+
+def fresh_marks(rt: Runtime, now: datetime) -> dict[str, float]:
+    """Current quotes of the symbols held that are newer than their last check.
+
+    The guard judges the market as it is now: in a flash crash it must not wait up to a check
+    interval for the positions' own checks to mark them down. A quote that cannot be trusted
+    (missing, stale, not a price) leaves the monitor's mark in place.
+    """
+    with session_scope() as s:
+        held = s.execute(select(Position.symbol, func.max(PositionMonitorStatus.last_check_at))
+                         .outerjoin(PositionMonitorStatus, PositionMonitorStatus.position_id == Position.id)
+                         .where(Position.status != "closed").group_by(Position.symbol)).all()
+    marks: dict[str, float] = {}
+    max_age = timedelta(seconds=rt.settings.max_quote_age)
+    for symbol, checked_at in held:
+        try:
+            quote = rt.market_data.quote(symbol, now)
+        except Exception as exc:  # noqa: BLE001 - no quote: the last check's mark stands
+            log.warning("risk_quote_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+            continue
+        if quote_problem(quote, now, max_age) is None and (checked_at is None or quote.timestamp > checked_at):
+            marks[symbol] = float(quote.price)
+    return marks
 
 
 def status_view(rt: Runtime) -> dict:
@@ -122,11 +148,12 @@ def check_risk(rt: Runtime, *, dispatch: Dispatch, worker: str | None = None) ->
     now = rt.clock.now()
     today = risk.market_day(now, rt.calendar.tz)
     alert = None
+    marks = fresh_marks(rt, now)  # quotes are read before the gate is taken: no entry waits on the network
     with session_scope() as s:
         lock_entry_gate(s, now)
         current, value = stored_state(s)
         try:
-            pnl = todays_pnl(s, rt, now)
+            pnl = todays_pnl(s, rt, now, marks)
             verdict = risk.monitor_verdict(current, today, pnl)
         except (TypeError, ValueError, ArithmeticError) as exc:  # bad data never takes the check down
             log.error("risk_check_bad_data", error=f"{type(exc).__name__}: {exc}")

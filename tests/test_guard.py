@@ -19,11 +19,13 @@ from sqlalchemy import and_, func, not_, select, update
 from catalyst import guard
 from catalyst.core.risk import TradingState
 from catalyst.db.engine import session_scope
-from catalyst.db.models import Decision, Notification, Order, PaperOrder, Position, Security
+from catalyst.clock import ManualClock
+from catalyst.db.models import Decision, Notification, Order, PaperOrder, Position, PositionMonitorStatus, Security
 from catalyst.db.models import TradingState as StateRow
 from catalyst.entries import EntryRefused, open_position
 from catalyst.positions import execute_exit
-from catalyst.runtime import get_runtime
+from catalyst.runtime import build_runtime, get_runtime, use_runtime
+from catalyst.settings import get_settings
 from tests.support import environment, query, race, rows, write_replay_csv
 
 pytestmark = pytest.mark.postgres
@@ -77,9 +79,18 @@ def enter(symbol: str, qty: float = QTY, **kw) -> Position:
 
 
 def mark(position_id: int, price: float) -> None:
-    """The monitor's mark: what today's unrealized P&L is computed from."""
+    """The monitor's mark, as a check now records it: what today's unrealized P&L is computed from (the
+    replayed market's quotes are no newer, so the guard keeps it)."""
+    now = get_runtime().clock.now()
     with session_scope() as s:
         s.execute(update(Position).where(Position.id == position_id).values(last_price=price))
+        status = s.get(PositionMonitorStatus, position_id)
+        if status is None:
+            symbol = s.get(Position, position_id).symbol
+            s.add(PositionMonitorStatus(position_id=position_id, symbol=symbol, last_check_at=now, price=price,
+                                        checks=1, updated_at=datetime.now(UTC)))
+        else:
+            status.last_check_at, status.price = now, price
 
 
 def realized_today(amount: float) -> None:
@@ -862,3 +873,27 @@ def test_an_alert_that_cannot_be_recorded_never_blocks_the_stop(market, alerts, 
         stop = guard.halt(get_runtime(), reason="drill", by="ops@desk", close_positions=True, dispatch=run_exits)
         assert state()["state"] == "HALTED" and stop.closing == [p.id]
         assert alerts() == [] and [d.action for d in risk_decisions()] == ["halt"]
+
+
+def test_the_guard_judges_the_market_as_it_is_now_not_as_the_last_check_saw_it(pg_url, tmp_path):
+    """A flash crash between two monitor checks: the guard halts on the current quote, without waiting for the
+    position's next check to mark it down."""
+    closes = [PRICE] * 10 + [PRICE * 0.7] * 30  # 30 % down from 09:40
+    path = write_replay_csv(tmp_path / "DROP.csv", "DROP", SESSION_OPEN, closes)
+    env = {"DATABASE_URL": pg_url, "CATALYST_VAR_DIR": str(tmp_path / "var"), "CATALYST_MARKET_DATA": f"replay:{path}",
+           **LIMIT, "CATALYST_MAX_POSITION_VALUE_USD": "100000", "CATALYST_MAX_DAILY_LOSS_USD": "10000",
+           "CATALYST_STOP_LOSS_PCT": "0.15", "CATALYST_TAKE_PROFIT_PCT": "0.3"}
+    with environment(env):
+        clock = ManualClock(SESSION_OPEN + timedelta(minutes=5))
+        use_runtime(build_runtime(get_settings(), clock))
+        position = enter("DROP", qty=1000)  # 50,000 USD, 7,500 at risk to its stop: inside the 10,000 limit
+        clock.set(SESSION_OPEN + timedelta(minutes=9, seconds=30))
+        with session_scope() as s:  # the monitor's last check, at 09:39:30, saw 50
+            s.add(PositionMonitorStatus(position_id=position.id, symbol="DROP", last_check_at=clock.now(),
+                                        price=PRICE, checks=1, updated_at=datetime.now(UTC)))
+            s.execute(update(Position).where(Position.id == position.id).values(last_price=PRICE))
+        clock.set(SESSION_OPEN + timedelta(minutes=11, seconds=5))  # 09:41:05: the 09:40 bar closed at 35
+        result = check()
+        assert result.state is TradingState.HALTED, "a 15,000 USD loss on the current quote breaks the limit"
+        assert query(lambda s: s.get(Position, position.id).status) == "closed"
+        assert state()["daily_pnl"]["unrealized"] == pytest.approx(-15_000.0)

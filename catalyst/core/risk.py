@@ -19,7 +19,7 @@ or has already filled.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import Enum
 
@@ -96,6 +96,12 @@ class Book:
     def sector_value(self, sector: str) -> float:
         key = _sector_key(sector)
         return sum(h.value for h in self.holdings if h.sector and _sector_key(h.sector) == key)
+
+    def marked(self, marks: dict[str, float]) -> "Book":
+        """The book with its positions (not entries in flight) valued at ``marks`` (symbol → price)."""
+        holdings = tuple(replace(h, price=marks[h.symbol]) if not h.in_flight and h.symbol in marks else h
+                         for h in self.holdings)
+        return Book(self.state, holdings, self.realized_pnl, self.state_reason)
 
     def with_entry(self, entry: "Entry") -> "Book":
         """The book once ``entry`` is in flight (planning several entries in one cycle)."""
