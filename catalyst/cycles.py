@@ -123,10 +123,13 @@ def observe(rt: Runtime, symbol: str, now: datetime, session) -> funnel.Observat
             quote = md.quote(symbol, now)
             history = md.bars(symbol, now, max(INDICATOR_BARS, _minutes_since(session.open, now)
                                                + HISTORY_SESSIONS * SESSION_MINUTES))
+        previous_close = md.previous_close(symbol, now) if hasattr(md, "previous_close") else None
     except (UnknownSymbol, BadInput) as exc:
         log.info("symbol_not_tradable", symbol=symbol, error=str(exc))
         return funnel.Observation(symbol, None, tradable=False)
-    previous_close = md.previous_close(symbol, now) if hasattr(md, "previous_close") else None
+    except Exception as exc:  # noqa: BLE001 - one symbol's data error never fails the scan of the others
+        log.warning("symbol_unreadable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+        return funnel.Observation(symbol, None, tradable=False)
     return funnel.Observation(symbol, quote.price if quote is not None else None, tuple(history),
                               session.open if session is not None else None, quote is not None, previous_close)
 

@@ -53,7 +53,9 @@ DEAD_ENTRY_STATUSES = ("canceled", "rejected", "expired", "done_for_day", "repla
 # under the gate (``submitting``), or sent with an outcome nobody heard (``unknown``).
 SENDABLE_STATUSES = ("pending_submit", "submitting", "unknown")
 CLAIMED_STATUSES = ("submitting", "unknown")  # a send was claimed: it may be at the broker
-SEND_GRACE = timedelta(minutes=2)  # a claimed send not at the broker after this long died before it was sent
+# A claimed send not at the broker after this long died before it was sent. It must outlast the longest
+# way from the claim to the POST: up to 2 min waiting for a rate-limit token, then 429 back-offs.
+SEND_GRACE = timedelta(minutes=10)
 
 
 class EntryRefused(BadInput):

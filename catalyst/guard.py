@@ -121,7 +121,8 @@ def fresh_marks(rt: Runtime, now: datetime) -> dict[str, float]:
         except Exception as exc:  # noqa: BLE001 - no quote: the last check's mark stands
             log.warning("risk_quote_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
             continue
-        if quote_problem(quote, now, max_age) is None and (checked_at is None or quote.timestamp > checked_at):
+        seen = rt.clock.now()  # a slow source: the quote is judged against the time it arrived, not the first one
+        if quote_problem(quote, seen, max_age) is None and (checked_at is None or quote.timestamp > checked_at):
             marks[symbol] = float(quote.price)
     return marks
 

@@ -10,6 +10,8 @@ builds a watchlist (no entries) that the day's session scans put into their univ
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -347,3 +349,41 @@ def test_premarket_filters_need_no_session_bars_but_do_need_the_gap():
     assert filter_rejection(values, FunnelRules(), "premarket") is None
     assert filter_rejection({**values, "gap_pct": None}, FunnelRules(), "premarket") == "gap_unknown"
     assert filter_rejection({**values, "price": 3.0}, FunnelRules(), "premarket") == "price_below_minimum"
+
+
+# -- one symbol's bad data never fails a scan; the minimum price is the observed price ---------------
+
+
+def _good_universe(n=6):
+    return [observation(f"G{i}", session_history(f"G{i}", 0.0005 + 0.00001 * i)) for i in range(n)]
+
+
+def test_a_price_just_under_the_minimum_never_passes_the_filters():
+    h = session_history("SUBM", 0.0005, price=5.2, today_volume=400_000)
+    obs = Observation("SUBM", 4.99996, h, PURE_OPEN)  # below the 5.00 minimum
+    result = screen([obs, *_good_universe()], FunnelRules(max_entry_rsi=None), "America/New_York")
+    row = next(r for r in result.rows if r.symbol == "SUBM")
+    assert row.rejected_reason == "price_below_minimum", (row.rejected_reason, row.details["filters"]["price"])
+
+
+def test_one_symbol_with_a_bad_bar_in_the_indicator_window_does_not_fail_the_screen():
+    h = list(session_history("BADL", 0.0005))
+    h[-3] = replace(h[-3], low=0.0)  # one bad print (a zero low) among today's bars
+    universe = [observation("BADL", tuple(h)), *_good_universe()]
+    result = screen(universe, FunnelRules(max_entry_rsi=None), "America/New_York")  # today: raises BadInput for every symbol
+    assert {r.symbol for r in result.rows} >= {"G0", "BADL"}
+    bad = next(r for r in result.rows if r.symbol == "BADL")
+    assert bad.rejected_reason == "bad_data" and "error" in bad.details["technicals"]
+    assert any(r.stage == "patterns" for r in result.rows), "the others went on"
+
+
+def test_one_symbol_with_a_nan_high_at_the_open_does_not_fail_the_screen_late_in_the_session():
+    h = list(session_history("NANH", 0.0002, minutes=250))  # 250 session bars: the open is outside the 200-bar window
+    first = next(i for i, b in enumerate(h) if b.timestamp >= PURE_OPEN)
+    h[first] = replace(h[first], high=math.nan)
+    universe = [observation("NANH", tuple(h)), *[observation(f"G{i}", session_history(f"G{i}", 0.0005, minutes=250))
+                                                 for i in range(6)]]
+    result = screen(universe, FunnelRules(max_entry_rsi=None), "America/New_York")  # today: StopIteration from the ORB detector
+    assert {r.symbol for r in result.rows} >= {"G0", "NANH"}
+    nanh = next(r for r in result.rows if r.symbol == "NANH")
+    assert nanh.rejected_reason in ("bad_data", "below_technicals_cut", "below_patterns_cut"), nanh.rejected_reason

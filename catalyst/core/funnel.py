@@ -184,7 +184,9 @@ def measure(obs: Observation, tz: ZoneInfo) -> dict[str, Any]:
     today, previous = _split(obs.history, obs.session_open_at)
     prev_close = obs.previous_close if _finite(obs.previous_close) and obs.previous_close > 0 else (
         previous[-1].close if previous else None)
-    m: dict[str, Any] = {"price": _r(obs.price), "previous_close": _r(prev_close), "tradable": obs.tradable}
+    # The price as observed, unrounded: 4.99996 must not pass a 5.00 minimum by rounding.
+    m: dict[str, Any] = {"price": float(obs.price) if _finite(obs.price) else None, "previous_close": _r(prev_close),
+                         "tradable": obs.tradable}
     if obs.session_open_at is None:  # pre-market: the gap is the latest price against the previous close
         m["gap_pct"] = _r((obs.price / prev_close - 1) * 100) if _finite(obs.price) and prev_close else None
         return m
@@ -332,18 +334,33 @@ def screen(observations: Sequence[Observation], rules: FunnelRules, tz: str, kin
     if kind == PREMARKET:
         return Funnel(kind, rows)
     for row in alive:
-        row.details[TECHNICALS] = technicals(row, rules, tz)
-        row.rsi = row.details[TECHNICALS]["rsi"]
-        _rescore(row, rules, kind)
-    alive = _cut(alive, TECHNICALS, rules.technicals_cap, "below_technicals_cut")
+        if _judged(row, TECHNICALS, lambda: technicals(row, rules, tz)):
+            row.rsi = row.details[TECHNICALS]["rsi"]
+            _rescore(row, rules, kind)
+    alive = _cut([r for r in alive if r.rejected_reason is None], TECHNICALS, rules.technicals_cap,
+                 "below_technicals_cut")
     for row in alive:
-        found = patterns.detect(list(row.today))
-        row.details[PATTERNS] = {p.name: p.as_dict() for p in found}
-        row.strategy = patterns.strategy(found)
-        row.details["strategy"] = row.strategy
-        _rescore(row, rules, kind)
-    _cut(alive, PATTERNS, rules.patterns_cap, "below_patterns_cut")
+        found = []
+        if _judged(row, PATTERNS, lambda: {p.name: p.as_dict() for p in found}, found=found):
+            row.strategy = patterns.strategy(found)
+            row.details["strategy"] = row.strategy
+            _rescore(row, rules, kind)
+    _cut([r for r in alive if r.rejected_reason is None], PATTERNS, rules.patterns_cap, "below_patterns_cut")
     return Funnel(kind, rows)
+
+
+def _judged(row: FunnelRow, stage: str, measure_stage, found: list | None = None) -> bool:
+    """Store ``stage``'s numbers for ``row``; bars that cannot be measured (a zero low, a NaN high, a
+    duplicate timestamp) reject that one symbol as ``bad_data`` instead of failing the whole scan."""
+    try:
+        if found is not None:
+            found.extend(patterns.detect(list(row.today)))
+        row.details[stage] = measure_stage()
+    except Exception as exc:  # noqa: BLE001 - one symbol's bad data is that symbol's problem
+        row.details[stage] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        row.rejected_reason = "bad_data"
+        return False
+    return True
 
 
 def technicals(row: FunnelRow, rules: FunnelRules, tz: str, bars: int = 200) -> dict[str, Any]:
