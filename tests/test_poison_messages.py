@@ -169,3 +169,26 @@ def test_a_rejection_is_still_logged_when_postgresql_is_down(tmp_path):
         record_rejection("malformed", "body is not [args, kwargs, embed]: dict", "worker@x", describe(message))
     assert [entry["event"] for entry in logs] == ["message_rejected", "message_rejection_unrecorded"]
     assert logs[0]["task_id"] == "abc" and logs[0]["queue"] == "exit"
+
+
+def test_an_empty_poll_is_not_a_poison_message(monkeypatch):
+    """kombu raises ``Empty`` when BRPOP times out with nothing to read: that is an idle queue, not an
+    unreadable entry, and must write no rejection (it used to, now and then, even during a database outage)."""
+    from queue import Empty
+    from types import SimpleNamespace
+
+    from kombu.transport import redis as kombu_redis
+
+    import workers.transport as transport
+
+    def idle(self, **options):
+        raise Empty()
+
+    rejected = []
+    monkeypatch.setattr(kombu_redis.Channel, "_brpop_read", idle)
+    monkeypatch.setattr(transport, "record_rejection", lambda *args, **kw: rejected.append(args))
+    channel = object.__new__(transport.Channel)
+    channel.connection = SimpleNamespace(handed_over=False, connection_errors=(ConnectionError,))
+    with pytest.raises(Empty):
+        channel._brpop_read()
+    assert rejected == []

@@ -13,6 +13,8 @@ entry off the list, so dropping it loses nothing that could have been delivered.
 
 from __future__ import annotations
 
+from queue import Empty
+
 from kombu.transport import redis
 
 from workers.poison import facts, record_rejection
@@ -24,8 +26,9 @@ class Channel(redis.Channel):
         try:
             return super()._brpop_read(**options)
         except Exception as exc:  # noqa: BLE001 - JSON, tagged-object or recursion errors, before any delivery began
-            if self.connection.handed_over or isinstance(exc, self.connection.connection_errors):
-                raise  # a delivery's own failure, or Redis itself: Celery's to handle
+            if isinstance(exc, Empty) or self.connection.handed_over or isinstance(
+                    exc, self.connection.connection_errors):
+                raise  # an idle poll, a delivery's own failure, or Redis itself: Celery's to handle
             record_rejection("unreadable_envelope", f"{type(exc).__name__}: {exc}", None, facts(None, None, None))
             return True
 
