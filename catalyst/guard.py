@@ -213,9 +213,7 @@ def halt(rt: Runtime, *, reason: str, by: str, close_positions: bool, dispatch: 
     now = rt.clock.now()
     today = risk.market_day(now, rt.calendar.tz)
     with session_scope() as s:
-        lock_entry_gate(s, now)
-        current, value = stored_state(s)
-        pnl = _pnl_or_none(s, rt, now)
+        current, value, pnl = _gate_and_state(s, rt, now)
         flatten = close_positions or (current.state is TradingState.HALTED and current.flatten)
         _write(s, TradingState.HALTED, reason=reason, by=by, at=now, today=today, flatten=flatten, pnl=pnl,
                previous=value)
@@ -242,9 +240,7 @@ def resume(rt: Runtime, *, by: str) -> tuple[risk.GuardState, risk.DailyPnl | No
     now = rt.clock.now()
     today = risk.market_day(now, rt.calendar.tz)
     with session_scope() as s:
-        lock_entry_gate(s, now)
-        current, value = stored_state(s)
-        pnl = _pnl_or_none(s, rt, now)
+        current, value, pnl = _gate_and_state(s, rt, now)
         before = current.effective(today)
         if before.state is TradingState.ACTIVE:
             return before, pnl
@@ -261,6 +257,13 @@ def resume(rt: Runtime, *, by: str) -> tuple[risk.GuardState, risk.DailyPnl | No
     log.warning("trading_resumed", by=by, previous=before.state.value, halted_by=before.by)
     release(alert)
     return before, pnl
+
+
+def _gate_and_state(s, rt: Runtime, now: datetime):
+    """Take the entry gate, then read the stored state and today's P&L: what an operator's change starts from."""
+    lock_entry_gate(s, now)
+    current, value = stored_state(s)
+    return current, value, _pnl_or_none(s, rt, now)
 
 
 def _pnl_or_none(s, rt: Runtime, now: datetime) -> risk.DailyPnl | None:

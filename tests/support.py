@@ -162,6 +162,19 @@ def write_replay_csv(path: Path, symbol: str, start: datetime, closes: list[floa
     return path
 
 
+def quiet_day_files(tmp_path: Path) -> tuple[str, str]:
+    """A whole flat session on 2025-03-04 (nothing but the clock says anything) and a positions file with
+    one position bought at 09:45, for the replay CLI."""
+    from datetime import timezone
+
+    start = datetime(2025, 3, 4, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
+    data = write_replay_csv(tmp_path / "TEST.csv", "TEST", start, [100.0 + 0.01 * (i % 2) for i in range(390)])
+    positions = tmp_path / "p.csv"
+    positions.write_text("symbol,qty,opened_at,entry_price,stop_loss_price,take_profit_price\n"
+                         "TEST,10,2025-03-04T09:45:00-05:00,100,,\n")
+    return str(data), str(positions)
+
+
 class Stack:
     """Real worker(s) and beat(s) for one test, stopped (or killed) at teardown."""
 

@@ -23,7 +23,7 @@ import pytest
 from catalyst.core.domain import BadInput
 from catalyst.db.models import AgentLog
 from catalyst.replay import run_replay
-from tests.support import CATALYST_VARS, environment, write_replay_csv
+from tests.support import CATALYST_VARS, environment, quiet_day_files, write_replay_csv
 from tests.test_bad_input import TASK_TABLES, cli, counts, output
 
 EST = timezone(timedelta(hours=-5))
@@ -120,11 +120,7 @@ def test_replay_refuses_a_bad_signal_threshold_naming_it(tmp_path, name, env, ke
 @pytest.fixture
 def quiet_day(tmp_path):
     """A whole flat session (nothing but the clock says anything) and one position bought at 09:45."""
-    data = write_replay_csv(tmp_path / "TEST.csv", "TEST", SESSION_OPEN, [100.0 + 0.01 * (i % 2) for i in range(390)])
-    positions = tmp_path / "p.csv"
-    positions.write_text("symbol,qty,opened_at,entry_price,stop_loss_price,take_profit_price\n"
-                         "TEST,10,2025-03-04T09:45:00-05:00,100,,\n")
-    return str(data), str(positions)
+    return quiet_day_files(tmp_path)
 
 
 def test_a_quiet_day_is_closed_by_the_near_close_exit(quiet_day):

@@ -26,7 +26,7 @@ from catalyst.entries import EntryRefused, open_position
 from catalyst.positions import execute_exit
 from catalyst.runtime import build_runtime, get_runtime, use_runtime
 from catalyst.settings import get_settings
-from tests.support import environment, query, race, rows, write_replay_csv
+from tests.support import environment, query, quiet_day_files, race, rows, write_replay_csv
 
 pytestmark = pytest.mark.postgres
 
@@ -492,11 +492,7 @@ def test_a_positions_max_hold_comes_from_its_strategy_and_the_monitor_closes_it_
 @pytest.fixture
 def quiet_day(tmp_path):
     """A whole flat session and one position bought at 09:45 (the replay CLI's positions file)."""
-    data = write_replay_csv(tmp_path / "TEST.csv", "TEST", SESSION_OPEN, [100.0 + 0.01 * (i % 2) for i in range(390)])
-    positions = tmp_path / "p.csv"
-    positions.write_text("symbol,qty,opened_at,entry_price,stop_loss_price,take_profit_price\n"
-                         "TEST,10,2025-03-04T09:45:00-05:00,100,,\n")
-    return str(data), str(positions)
+    return quiet_day_files(tmp_path)
 
 
 @pytest.mark.parametrize("auto_close", [True, False])
@@ -595,13 +591,19 @@ def crash_before_the_send(monkeypatch, rt) -> list[str]:
     return died
 
 
+def claimed_then_died(monkeypatch, rt) -> str:
+    """An entry whose task claimed the send and died before the broker heard of it; its client order id."""
+    crash_before_the_send(monkeypatch, rt)
+    cid = f"manual-{uuid.uuid4().hex[:24]}"
+    with pytest.raises(WorkerLost):
+        open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+    return cid
+
+
 def test_a_task_retried_after_dying_between_claim_and_send_sends_once(market, alerts, monkeypatch):
     with market(**loose()):
         rt = get_runtime()
-        crash_before_the_send(monkeypatch, rt)
-        cid = f"manual-{uuid.uuid4().hex[:24]}"
-        with pytest.raises(WorkerLost):
-            open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        cid = claimed_then_died(monkeypatch, rt)
         assert entry_status(cid) == "submitting"  # claimed: it may be at the broker, nobody may retire it
         position = open_position(rt, symbol="AAA", qty=10, client_order_id=cid)  # the retry resolves by client id
         again = open_position(rt, symbol="AAA", qty=10, client_order_id=cid)  # a redelivery adopts it
@@ -619,10 +621,7 @@ def test_a_claimed_entry_the_broker_never_got_is_left_to_its_task_and_retired_on
 
     with market(**loose()):
         rt = get_runtime()
-        crash_before_the_send(monkeypatch, rt)
-        cid = f"manual-{uuid.uuid4().hex[:24]}"
-        with pytest.raises(WorkerLost):
-            open_position(rt, symbol="AAA", qty=10, client_order_id=cid)
+        cid = claimed_then_died(monkeypatch, rt)
         stop = guard.halt(rt, reason="drill", by="ops@desk", close_positions=True, dispatch=run_exits)
         assert (stop.cancelled, stop.unresolved) == ([], [cid])
         assert check().stop.unresolved == [cid] and entry_status(cid) == "submitting"
