@@ -1,7 +1,7 @@
 """The schedule Catalyst wants, derived from settings and the open positions in the database.
 
 Static entries come from settings: a pre-market scan before each open, scans, the watchdog and
-the risk monitor on the session grid, and the day's summary after each close. There is one
+the risk monitor on the session grid, and the day's summary and the retention prune after each close. There is one
 ``monitor-position-<id>`` entry for every position that is open or closing. Because it is derived from PostgreSQL on every tick,
 flushing Redis or restarting beat loses nothing.
 """
@@ -39,6 +39,7 @@ class WantedEntry:
 
 DAY = 86400.0
 SUMMARY_AFTER_CLOSE = 300.0  # the day's summary once the near-close exits have settled
+PRUNE_AFTER_CLOSE = 1800.0  # the audit trail past its retention window, once the day is summarised
 
 
 def static_entries(settings: Settings) -> list[WantedEntry]:
@@ -48,7 +49,8 @@ def static_entries(settings: Settings) -> list[WantedEntry]:
             WantedEntry(RECONCILE_ENTRY, "catalyst.reconcile", "maintenance", (), settings.reconcile_interval),
             WantedEntry(RISK_ENTRY, "catalyst.check_risk", "maintenance", (), settings.risk_check_interval),
             WantedEntry("daily-summary", "catalyst.daily_summary", "maintenance", (), DAY, "close",
-                        SUMMARY_AFTER_CLOSE)]
+                        SUMMARY_AFTER_CLOSE),
+            WantedEntry("prune", "catalyst.prune", "maintenance", (), DAY, "close", PRUNE_AFTER_CLOSE)]
 
 
 def monitor_entry(position_id: int, settings: Settings) -> WantedEntry:

@@ -61,6 +61,7 @@ task_routes = {
     "catalyst.heartbeat": {"queue": "maintenance"},
     "catalyst.deliver_notification": {"queue": "maintenance"},
     "catalyst.daily_summary": {"queue": "maintenance"},
+    "catalyst.prune": {"queue": "maintenance"},
 }
 # Modules the worker imports besides catalyst.celery's ``include`` (alert delivery and the day's summary).
 imports = ("tasks.notifications",)

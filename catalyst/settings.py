@@ -159,6 +159,9 @@ class Settings(BaseSettings):
                                                            validation_alias="CATALYST_MAX_HOLD_MINUTES")
     # --- end risk monitor ---
 
+    # Days of audit trail kept (agent_logs, decisions, activity, …); never an open position's rows.
+    retention_days: int = Field(default=30, ge=1, validation_alias="CATALYST_RETENTION_DAYS")
+
     # --- notifications (issue 9): log + agent_logs always; webhook and/or SMTP when configured ---
     webhook_url: str | None = Field(default=None, validation_alias="CATALYST_WEBHOOK_URL", repr=False)
     smtp_host: str | None = Field(default=None, validation_alias="SMTP_HOST")

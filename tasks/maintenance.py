@@ -1,4 +1,4 @@
-"""Maintenance: heartbeats, the reconciliation watchdog and the risk monitor."""
+"""Maintenance: heartbeats, the reconciliation watchdog, the risk monitor and retention."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from catalyst import task_args
 from catalyst.celery import app
 from catalyst.guard import check_risk as run_check_risk
 from catalyst.reconcile import ReconcileBusy, reconcile as run_reconcile
+from catalyst.retention import prune as run_prune
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask
 from workers.heartbeat import beat_heart
@@ -48,3 +49,11 @@ def check_risk(self, slot: str | None = None) -> dict:
     # Stale services and alerts whose enqueue was lost are watched from the workers at all hours
     # (workers.heartbeat.AlertWatchThread), not from here: this task needs beat and runs only in session.
     return run_check_risk(get_runtime(), dispatch=send_exit, worker=self.request.hostname).as_dict()
+
+
+@app.task(name="catalyst.prune", base=CatalystTask, bind=True, ignore_result=True)
+def prune(self, slot: str | None = None) -> dict[str, int]:
+    """Forget the audit trail older than ``retention_days``, in batches; never an open position's rows."""
+    task_args.slot(slot)
+    rt = get_runtime()
+    return run_prune(rt.settings.retention_days, market_now=rt.clock.now())
