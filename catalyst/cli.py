@@ -44,7 +44,43 @@ def _emit(data, as_json: bool, text: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
 
 
-@click.group()
+def database_problem(exc: Exception, url: str | None) -> str:
+    """One line an operator can act on for a database that cannot be used; never the URL's password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "e.g. postgresql://user:password@host:5432/catalyst"
+    if isinstance(exc, NoSuchModuleError):
+        return (f"DATABASE_URL names a database kind Catalyst cannot use ({make_url(url).drivername}); "
+                f"use PostgreSQL, {example}")
+    if isinstance(exc, ArgumentError) or url is None:  # not parseable: echo nothing of it (it may hold a password)
+        return f"DATABASE_URL is not a database URL ({example})"
+    parsed = make_url(url)
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    for secret in {parsed.password, url.partition("://")[2].rpartition("@")[0].partition(":")[2]} - {None, ""}:
+        reason = reason.replace(str(secret), "***")
+    return (f"cannot use the database at {parsed.render_as_string(hide_password=True)}: {reason} "
+            "(check DATABASE_URL and that the server is running)")
+
+
+class _CatalystGroup(click.Group):
+    """Every command: a database that cannot be reached or a malformed DATABASE_URL is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+
+        try:
+            return super().invoke(ctx)
+        except (ArgumentError, InterfaceError, OperationalError) as exc:
+            try:
+                url = get_settings().sqlalchemy_url
+            except CatalystError:
+                url = None
+            raise click.ClickException(database_problem(exc, url)) from None
+
+
+@click.group(cls=_CatalystGroup)
 def main() -> None:
     """Catalyst: event-driven trading automation (paper trading unless told otherwise)."""
     from catalyst.logs import configure_logging
@@ -230,12 +266,23 @@ class _RowId(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+OPERATOR_REASON_LENGTH = 500
+
+
 @main.command("close")
-@click.argument("position_id", type=_RowId())
+@click.argument("position_id", type=_RowId(), required=False)
+@click.option("--all", "close_all", is_flag=True, help="Close every open position (needs --reason).")
+@click.option("--reason", default=None, help="Why, in your words (recorded with who and when; required with --all).")
 @click.option("--json", "as_json", is_flag=True)
-def close_cmd(position_id: int, as_json: bool) -> None:
-    """Close a position now (exit reason: manual), exactly once."""
+def close_cmd(position_id: int | None, close_all: bool, reason: str | None, as_json: bool) -> None:
+    """Close a position now, or every open one with --all (exit reason: manual), exactly once."""
+    if (position_id is None) == (not close_all):
+        raise click.UsageError("give a position ID or --all (not both)")
+    note = _operator_note(reason, required=close_all)
     rt = _runtime()
+    if close_all:
+        _close_all(rt, note, as_json)
+        return
     from catalyst.positions import request_exit
     from tasks.monitoring import exit_position
 
@@ -245,7 +292,9 @@ def close_cmd(position_id: int, as_json: bool) -> None:
             _fail(CatalystError(f"unknown position id {position_id}"))
         if position.status == "closed":
             _fail(CatalystError(f"position {position_id} is already closed ({position.exit_reason})"))
-    request_exit(rt, position_id, "manual")
+        symbol = position.symbol
+    if request_exit(rt, position_id, "manual") and note:
+        _record_close(rt, position_id, symbol, note, "close")
     result = exit_position.apply(args=[position_id])
     if result.failed():
         _fail(result.result)
@@ -253,6 +302,83 @@ def close_cmd(position_id: int, as_json: bool) -> None:
         data = position_dict(s.get(Position, position_id))
     _emit(data, as_json, f"position {position_id} {data['status']}: exit {data['exit_price']} "
                          f"({data['exit_reason']}), P&L {data['realized_pnl']}")
+
+
+def _operator_note(reason: str | None, required: bool) -> str | None:
+    note = (reason or "").strip()
+    if required and not note:
+        raise click.UsageError("--all needs --reason TEXT: say why every position is closed; nothing was changed")
+    if len(note) > OPERATOR_REASON_LENGTH:
+        raise click.BadParameter(f"at most {OPERATOR_REASON_LENGTH} characters, got {len(note)}",
+                                 param_hint="--reason")
+    return note or None
+
+
+def _record_close(rt, position_id: int, symbol: str, note: str, command: str) -> None:
+    """Who closed it by hand and why, in their words, beside the exit request (exit reason stays ``manual``)."""
+    from catalyst.guard import operator
+    from catalyst.records import record_activity, record_decision
+
+    by, now = operator(), rt.clock.now()
+    with session_scope() as s:
+        record_decision(s, kind="operator", action="close", reason="manual", symbol=symbol, position_id=position_id,
+                        decided_at=now, worker=by[:128], details={"by": by, "note": note, "command": command})
+        record_activity(s, "operator_close", now, position_id=position_id, symbol=symbol, by=by, note=note,
+                        command=command)
+
+
+def _close_all(rt, note: str, as_json: bool) -> None:
+    """Every open position: ``open → closing`` (one winner each), then each exit runs here through the exit task."""
+    from catalyst.guard import operator
+    from catalyst.positions import request_exit
+    from tasks.monitoring import exit_position
+
+    with session_scope() as s:
+        found = s.execute(select(Position.id, Position.symbol, Position.status)
+                          .where(Position.status != "closed").order_by(Position.id)).all()
+    requested, already = [], []
+    for pid, symbol, status in found:
+        if status == "open" and request_exit(rt, pid, "manual"):
+            _record_close(rt, pid, symbol, note, "close --all")
+            requested.append(pid)
+        else:
+            already.append(pid)
+    failed = {}
+    for pid in requested:
+        result = exit_position.apply(args=[pid])
+        if result.failed():
+            failed[pid] = str(result.result)
+    with session_scope() as s:
+        touched = {p.id: position_dict(p) for p in s.scalars(
+            select(Position).where(Position.id.in_(requested + already)).order_by(Position.id))}
+    by = operator()
+    data = {"by": by, "reason": note, "exit_reason": "manual", "requested": requested, "already_closing": already,
+            "closed": [pid for pid in requested if touched[pid]["status"] == "closed"], "failed": failed,
+            "positions": [touched[pid] for pid in requested + already]}
+    lines = [f"closing every open position (manual) by {by}: {note}"] if found else []
+    for pid in requested:
+        p = touched[pid]
+        lines.append(f"  position {pid} {p['symbol']}: " + (
+            f"closed at {p['exit_price']:.2f}, P&L {p['realized_pnl']:.2f}" if p["status"] == "closed"
+            else f"{p['status']} (its exit is retried until it fills)" + (f": {failed[pid]}" if pid in failed else "")))
+    if already:
+        lines.append("already closing (left to their exit): " + ", ".join(map(str, already)))
+    lines.append(f"positions closed: {len(data['closed'])} of {len(requested)}" if requested
+                 else "no open positions: nothing to close")
+    _emit(data, as_json, "\n".join(lines))
+    if failed:
+        raise click.ClickException(f"{len(failed)} exit(s) not completed yet: " + ", ".join(map(str, failed)))
+
+
+@main.command()
+@click.option("-c", "--command", default=None, help="Run this Python code with the shell's names, then exit.")
+@click.option("--plain", is_flag=True, help="The standard Python prompt even when IPython is installed.")
+def shell(command: str | None, plain: bool) -> None:
+    """A Python prompt with app, session_scope, rt (the runtime), every task and the models loaded."""
+    _runtime()
+    from catalyst.shell import run
+
+    sys.exit(run(command=command, plain=plain))
 
 
 @main.command()
@@ -346,6 +472,24 @@ def reconcile_cmd(fix: bool, as_json: bool) -> None:
                  [[f["kind"], f["severity"], f["symbol"] or "-", f["position_id"] or "-", f["detail"], f["action"]]
                   for f in findings], "llllll") if findings else "books and broker agree: nothing to reconcile"
     _emit(findings, as_json, text)
+
+
+@main.command("prune")
+@click.option("--days", type=float, default=None, help="Keep this many days (default: the retention_days setting).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def prune_cmd(days: float | None, as_json: bool) -> None:
+    """Delete the audit trail older than the retention window, in batches (never an open position's rows)."""
+    rt = _runtime()
+    from catalyst.retention import prune
+
+    days = getattr(rt.settings, "retention_days", 30) if days is None else days
+    try:
+        counts = prune(days, market_now=rt.clock.now())
+    except CatalystError as exc:
+        _fail(exc)
+    text = table(["table", "deleted"], [[name, n] for name, n in counts.items()], "lr")
+    _emit({"days": days, "deleted": counts, "total": sum(counts.values())}, as_json,
+          f"{text}\n{sum(counts.values())} rows older than {days:g} days deleted")
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+import structlog
 
 from tests import support
 
@@ -12,6 +13,15 @@ from tests import support
 def _drop_template():
     yield
     support.drop_template()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    """Every test starts from structlog's defaults: a CLI command run in-process configures logging (with the
+    agent_logs hook and a bound service name), which must not change what the next test logs or writes."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture
