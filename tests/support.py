@@ -203,23 +203,40 @@ class Stack:
 def seed_position(symbol: str, price: float, opened_at: datetime, qty: float = 10, max_hold_hours: float = 240,
                   entry_volume: float | None = 10_000) -> int:
     """Insert an open position directly (as if entered earlier), for tests that only need monitoring."""
-    from sqlalchemy import select
-
-    from catalyst.db.models import Position, Security
+    from catalyst.db.models import Position
+    from catalyst.records import security_id
 
     with session_scope() as s:
-        security = s.scalar(select(Security).where(Security.symbol == symbol))
-        if security is None:
-            security = Security(symbol=symbol, exchange="XNYS", created_at=opened_at)
-            s.add(security)
-            s.flush()
-        p = Position(security_id=security.id, symbol=symbol, qty=qty, status="open", entry_price=price,
+        p = Position(security_id=security_id(s, symbol, "XNYS"), symbol=symbol, qty=qty, status="open", entry_price=price,
                      entry_volume=entry_volume, high_watermark=price, stop_loss_price=round(price * 0.95, 2),
                      take_profit_price=round(price * 1.15, 2), max_hold_seconds=max_hold_hours * 3600,
                      opened_at=opened_at, updated_at=opened_at)
         s.add(p)
         s.flush()
         return p.id
+
+
+def scanned_cycle(symbols: list[str], price: float) -> int:
+    """A scanned cycle (a slot of its own) whose candidates, ranked in the order given, all pass the scanner's
+    screen: what evaluation and admission tests start from."""
+    from sqlalchemy import func, select
+
+    from catalyst.db.models import ScanResult, TradingCycle
+    from catalyst.records import security_id
+    from catalyst.runtime import get_runtime
+
+    now = get_runtime().clock.now()
+    with session_scope() as s:
+        taken = s.scalar(select(func.count()).select_from(TradingCycle))
+        cycle = TradingCycle(slot_at=now + timedelta(microseconds=taken), market="US", status="scanned",
+                             candidates=len(symbols), started_at=now)
+        s.add(cycle)
+        s.flush()
+        for rank, symbol in enumerate(symbols, 1):
+            s.add(ScanResult(cycle_id=cycle.id, security_id=security_id(s, symbol, "XNYS"), symbol=symbol, rank=rank,
+                             score=10.0 - rank, price=price, change_pct=5.0, volume=1e6, relative_volume=2.0, rsi=50.0,
+                             created_at=now))
+        return cycle.id
 
 
 def queued_messages(redis_url: str, queue: str) -> list[dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from catalyst.core.domain import BadInput
 from catalyst.db.models import AgentLog
 from catalyst.replay import run_replay
 from tests.support import CATALYST_VARS, environment, quiet_day_files, write_replay_csv
-from tests.test_bad_input import TASK_TABLES, cli, counts, output
+from tests.test_bad_input import TASK_TABLES, cli, counts, embedded, migrated, output  # noqa: F401 - fixtures
 
 EST = timezone(timedelta(hours=-5))
 SESSION_OPEN = datetime(2025, 3, 4, 9, 30, tzinfo=EST)
@@ -65,26 +64,6 @@ def assert_one_line_refusal(result_text: str, returncode: int, *fragments: str) 
     for fragment in fragments:
         assert fragment in result_text, f"{fragment!r} not in:\n{result_text}"
     assert "Traceback" not in result_text, result_text
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory) -> Path:
-    var = tmp_path_factory.mktemp("migrated") / "var"
-    with environment({"CATALYST_VAR_DIR": str(var)}):
-        upgraded = cli("db", "upgrade")
-    assert upgraded.returncode == 0, output(upgraded)
-    return var
-
-
-@pytest.fixture
-def embedded(tmp_path, migrated):
-    """A migrated embedded database (this test's own copy) replaying one quiet TEST day."""
-    shutil.copytree(migrated, tmp_path / "var")
-    good = write_replay_csv(tmp_path / "TEST.csv", "TEST", SESSION_OPEN, [100.0] * 30)
-    env = {"CATALYST_VAR_DIR": str(tmp_path / "var"), "CATALYST_MARKET_DATA": f"replay:{good}",
-           "CATALYST_CLOCK": CLOCK}
-    with environment(env):
-        yield tmp_path
 
 
 # -- the CLI -------------------------------------------------------------------------------------

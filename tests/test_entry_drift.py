@@ -11,19 +11,18 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from catalyst.brokers.base import BrokerError, BrokerOrderReport, OrderOutcomeUnknown, OrderRequest
 from catalyst.cycles import evaluate_cycle
 from catalyst.db.engine import session_scope
-from catalyst.db.models import Decision, Order, PaperAccount, PaperOrder, PaperPosition, Position, ScanResult, Security
-from catalyst.db.models import TradingCycle
+from catalyst.db.models import Decision, Order, PaperAccount, PaperOrder, PaperPosition, Position
 from catalyst.entries import EntryRefused, open_position
 from catalyst.orders import OrderPending
 from catalyst.positions import execute_exit
 from catalyst.runtime import get_runtime
-from tests.support import environment, query, race, rows, write_replay_csv
+from tests.support import environment, query, race, rows, scanned_cycle, write_replay_csv
 
 pytestmark = pytest.mark.postgres
 
@@ -64,20 +63,7 @@ def close_all() -> None:
 
 def cycle_with_candidates(symbols: list[str]) -> int:
     """A scanned cycle whose candidates all pass the entry rule."""
-    now = get_runtime().clock.now()
-    with session_scope() as s:
-        cycle = TradingCycle(slot_at=now, market="US", status="scanned", candidates=len(symbols), started_at=now)
-        s.add(cycle)
-        s.flush()
-        for rank, symbol in enumerate(symbols, 1):
-            security = s.scalar(select(Security).where(Security.symbol == symbol))
-            if security is None:
-                security = Security(symbol=symbol, exchange="XNYS", created_at=now)
-                s.add(security)
-                s.flush()
-            s.add(ScanResult(cycle_id=cycle.id, security_id=security.id, symbol=symbol, rank=rank, score=10.0 - rank,
-                             price=PRICE, change_pct=5.0, volume=1e6, relative_volume=2.0, rsi=50.0, created_at=now))
-        return cycle.id
+    return scanned_cycle(symbols, PRICE)
 
 
 class LostReplies:

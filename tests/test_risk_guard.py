@@ -20,12 +20,12 @@ from catalyst.core.domain import BadInput
 from catalyst.core.indicators import compute as compute_indicators
 from catalyst.cycles import evaluate_cycle
 from catalyst.db.engine import session_scope
-from catalyst.db.models import Decision, Order, PaperOrder, PaperPosition, Position, ScanResult, Security
-from catalyst.db.models import TradingCycle, TradingState
+from catalyst.db.models import Decision, Order, PaperOrder, PaperPosition, Position, Security, TradingState
+from catalyst.records import security_id
 from catalyst.entries import open_position
 from catalyst.positions import execute_exit
 from catalyst.runtime import get_runtime
-from tests.support import environment, query, race, rows, write_replay_csv
+from tests.support import environment, query, race, rows, scanned_cycle, write_replay_csv
 
 pytestmark = pytest.mark.postgres
 
@@ -94,12 +94,7 @@ def close_all(*keep: str) -> None:
 def closed_position(symbol: str, realized: float, closed_at: datetime) -> None:
     """A position closed earlier, with its realized P&L (as the exit path leaves it)."""
     with session_scope() as s:
-        security = s.scalar(select(Security).where(Security.symbol == symbol))
-        if security is None:
-            security = Security(symbol=symbol, exchange="XNYS", created_at=closed_at)
-            s.add(security)
-            s.flush()
-        s.add(Position(security_id=security.id, symbol=symbol, qty=100, status="closed", entry_price=PRICE,
+        s.add(Position(security_id=security_id(s, symbol, "XNYS"), symbol=symbol, qty=100, status="closed", entry_price=PRICE,
                        high_watermark=PRICE, stop_loss_price=47.5, take_profit_price=57.5, max_hold_seconds=3600,
                        opened_at=closed_at - timedelta(hours=1), closed_at=closed_at, exit_price=PRICE + realized / 100,
                        exit_reason="stop_loss", realized_pnl=realized, updated_at=closed_at))
@@ -107,21 +102,7 @@ def closed_position(symbol: str, realized: float, closed_at: datetime) -> None:
 
 def cycle_with_candidates(symbols: list[str], price: float = PRICE) -> int:
     """A scanned cycle whose candidates all pass the scanner's screen."""
-    now = get_runtime().clock.now()
-    with session_scope() as s:
-        cycle = TradingCycle(slot_at=now + timedelta(microseconds=len(rows(TradingCycle))), market="US",
-                             status="scanned", candidates=len(symbols), started_at=now)
-        s.add(cycle)
-        s.flush()
-        for rank, symbol in enumerate(symbols, 1):
-            security = s.scalar(select(Security).where(Security.symbol == symbol))
-            if security is None:
-                security = Security(symbol=symbol, exchange="XNYS", created_at=now)
-                s.add(security)
-                s.flush()
-            s.add(ScanResult(cycle_id=cycle.id, security_id=security.id, symbol=symbol, rank=rank, score=10.0 - rank,
-                             price=price, change_pct=5.0, volume=1e6, relative_volume=2.0, rsi=50.0, created_at=now))
-        return cycle.id
+    return scanned_cycle(symbols, price)
 
 
 def entry_decisions() -> list[Decision]:
