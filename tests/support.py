@@ -175,6 +175,26 @@ def quiet_day_files(tmp_path: Path) -> tuple[str, str]:
     return str(data), str(positions)
 
 
+def celery_that_must_exit(kind: str, env: dict[str, str], situation: str) -> tuple[int, str]:
+    """Run ``celery -A catalyst <kind>`` with exactly ``env`` (the rest of this process's environment, less
+    its Catalyst settings); it must exit by itself within 60 s. Its exit code and output."""
+    import signal
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in CATALYST_VARS and not k.startswith("CATALYST_")}
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "catalyst", kind, "--loglevel=INFO"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**base, **env},
+                            cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{kind} was still running after 60 s {situation}:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
 class Stack:
     """Real worker(s) and beat(s) for one test, stopped (or killed) at teardown."""
 

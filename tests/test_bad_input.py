@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -35,7 +34,7 @@ from catalyst.db.models import (
     TradingCycle,
 )
 from catalyst.core.domain import BadInput
-from tests.support import CATALYST_VARS, environment, query, write_replay_csv
+from tests.support import celery_that_must_exit, environment, query, write_replay_csv
 
 EST = timezone(timedelta(hours=-5))
 SESSION_OPEN = datetime(2025, 3, 4, 9, 30, tzinfo=EST)
@@ -256,17 +255,7 @@ def test_a_rejected_task_is_logged_to_agent_logs_for_the_operator(tasks_env):
 
 def worker_that_must_exit(env: dict[str, str], situation: str) -> tuple[int, str]:
     """Start a real worker with only ``env``'s Catalyst settings; it must exit by itself within 60 s."""
-    full = {k: v for k, v in os.environ.items() if k not in CATALYST_VARS} | env
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "catalyst", "worker", "--loglevel=INFO"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full,
-                            cwd=Path(__file__).resolve().parents[1], start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"worker was still running after 60 s {situation}:\n{out[-3000:]}")
-    return proc.returncode, out
+    return celery_that_must_exit("worker", env, situation)
 
 
 def test_a_worker_on_an_unmigrated_database_exits_and_says_to_run_db_upgrade(tmp_path):

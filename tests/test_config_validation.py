@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import pytest
 from catalyst.core.domain import BadInput
 from catalyst.db.models import AgentLog
 from catalyst.replay import run_replay
-from tests.support import CATALYST_VARS, environment, quiet_day_files, write_replay_csv
+from tests.support import celery_that_must_exit, environment, quiet_day_files, write_replay_csv
 from tests.test_bad_input import TASK_TABLES, cli, counts, embedded, migrated, output  # noqa: F401 - fixtures
 
 EST = timezone(timedelta(hours=-5))
@@ -128,17 +125,7 @@ def test_a_refused_take_profit_tier_never_sells_on_the_first_check(quiet_day):
 
 def start(kind: str, env: dict[str, str]) -> tuple[int, str]:
     """Run ``celery -A catalyst <kind>`` until it exits (a process still running after 60 s fails)."""
-    base = {k: v for k, v in os.environ.items() if k not in CATALYST_VARS and not k.startswith("CATALYST_")}
-    argv = [sys.executable, "-m", "celery", "-A", "catalyst", kind, "--loglevel=INFO"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**base, **env},
-                            cwd=ROOT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{kind} was still running after 60 s on a bad configuration:\n{out[-3000:]}")
-    return proc.returncode, out
+    return celery_that_must_exit(kind, env, "on a bad configuration")
 
 
 @pytest.mark.parametrize("kind", ["worker", "beat"])
