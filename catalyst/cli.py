@@ -537,5 +537,16 @@ def demo(speed: float | None, day: str | None, scenario: str) -> None:
     sys.exit(code)
 
 
+def _register_commands() -> None:
+    """Commands that live in modules of their own (each keeps its heavy imports inside the command)."""
+    from catalyst.cli_metrics import metrics
+    from catalyst.cli_report import report
+
+    main.add_command(report)
+    main.add_command(metrics)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

@@ -180,6 +180,8 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=10.0, gt=0, validation_alias="CATALYST_HEARTBEAT_INTERVAL")
     beat_lease_seconds: float = Field(default=20.0, gt=0, validation_alias="CATALYST_BEAT_LEASE_SECONDS")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    # json: one JSON object per line (for log shippers); console: aligned text; auto: console on a terminal.
+    log_format: Literal["auto", "json", "console"] = Field(default="auto", validation_alias="LOG_FORMAT")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
