@@ -29,6 +29,12 @@ else:
                                 "socket_keepalive": True, "health_check_interval": 10}
     if broker_url.startswith("redis://"):  # not rediss://: kombu turns TLS on by that transport name only
         broker_transport = "workers.transport:Transport"  # kombu's Redis, dropping unreadable queue entries
+        # Named "redis" in URLs (conn.as_uri(), the worker banner): Flower picks its Broker page by that scheme
+        # and answers 404 "'redis' broker is not supported" for any other. The class used does not change
+        # (kombu's clone() keeps the real class; only the reported name is the alias).
+        from kombu.connection import resolve_aliases
+
+        resolve_aliases[broker_transport] = "redis"
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 worker_cancel_long_running_tasks_on_connection_loss = True
