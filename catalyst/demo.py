@@ -154,6 +154,7 @@ def run_demo(speed: float | None = None, day: str | None = None, scenario: str =
         for p in reversed(procs):
             p.stop()
     _summary(rt, tz, time.monotonic() - wall_start)
+    report_line = _write_report(rt, session, root)
     print(f"{len(_Receiver.received)} alerts reached the demo's webhook receiver on 127.0.0.1:{receiver.server_port}")
     receiver.shutdown()
     if scenario == "crash":
@@ -161,7 +162,20 @@ def run_demo(speed: float | None = None, day: str | None = None, scenario: str =
     print(f"(the demo database stays in {var_dir.relative_to(root)} until the next run; logs in "
           f"{logs.relative_to(root)}; look around with CATALYST_VAR_DIR={var_dir.relative_to(root)} "
           f"catalyst positions --all)")
+    print(report_line)
     return code
+
+
+def _write_report(rt, session, root: Path) -> str:
+    """The session's report in var/reports/<date>/ (charts and all): the line the demo ends with."""
+    from catalyst.cli_report import REPORTS_DIR, write_report
+
+    try:
+        _, index = write_report(rt, session.day, root / REPORTS_DIR / session.day.isoformat())
+    except Exception as exc:  # noqa: BLE001 - the session ran; a report that cannot be drawn is said, not raised
+        return f"report: not written ({type(exc).__name__}: {exc})"
+    shown = index.relative_to(root) if index.is_relative_to(root) else index
+    return f"report: {shown}"
 
 
 def _show_resume(root: Path) -> None:
