@@ -6,7 +6,7 @@ PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.1
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench lock
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# requirements.txt: the hash-locked lock file Python buildpacks and the Docker image install.
+# Regenerate it whenever pyproject.toml's dependencies change (tests/test_deploy.py fails until you do).
+lock: $(STAMP)
+	@test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install --quiet 'uv>=0.5'
+	$(VENV)/bin/python deploy/lock.py $(VENV)/bin/uv
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_monitor_cycle.py

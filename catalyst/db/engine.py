@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from catalyst.core.domain import CatalystError
 
 ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS = ROOT / "migrations"
+# The Alembic scripts sit beside the package in a checkout; an installed package (the Docker image) is told
+# where they are, since they are not Python package data.
+MIGRATIONS = Path(os.environ.get("CATALYST_MIGRATIONS") or ROOT / "migrations")
 CONNECT_TIMEOUT = 5  # seconds for a PostgreSQL connect (psycopg connect_timeout)
 
 _lock = threading.Lock()
@@ -107,6 +109,8 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 def alembic_config(url: str):
     from alembic.config import Config
 
+    if not (MIGRATIONS / "env.py").is_file():
+        raise CatalystError(f"no Alembic migrations at {MIGRATIONS} (set CATALYST_MIGRATIONS to the migrations folder)")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
