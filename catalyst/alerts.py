@@ -9,43 +9,91 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, time, timedelta
+from typing import TYPE_CHECKING
 
+import structlog
 from sqlalchemy import func, select
 
 from catalyst.db.engine import session_scope
-from catalyst.db.models import Notification, Position, ServiceHealth
+from catalyst.db.models import AgentLog, Notification, Position, ServiceHealth
 from catalyst.notify import bounded_key, notify
-from catalyst.runtime import Runtime
+
+if TYPE_CHECKING:  # only for annotations: the liveness functions stay cheap to import (catalyst.healthcheck)
+    from catalyst.runtime import Runtime
+
+log = structlog.get_logger("catalyst.alerts")
 
 STALE_AFTER_BEATS = 3  # a service is stale once its last heartbeat is older than this many intervals
+GONE_STATUSES = ("offline", "stopped")  # said goodbye ("stopped": what a beat wrote before it said "offline")
+
+
+# -- liveness: the one definition of stale, used by the watch, `catalyst status` and retention ------------------
+def stale_after(interval: float) -> timedelta:
+    """How old a heartbeat may get: three intervals, so one late or lost beat is never an alarm."""
+    return timedelta(seconds=STALE_AFTER_BEATS * interval)
+
+
+def is_stale(last_heartbeat: datetime, now: datetime, interval: float) -> bool:
+    """True once ``last_heartbeat`` (wall time) is older than :func:`stale_after`."""
+    return now - last_heartbeat > stale_after(interval)
+
+
+def liveness(status: str, last_heartbeat: datetime, now: datetime, interval: float) -> str:
+    """What to believe about a service: ``offline`` (it said goodbye), ``stale`` (it claims to run but has
+    stopped beating: crashed, killed, hung or cut off) or the status it reported itself."""
+    if status in GONE_STATUSES:
+        return "offline"
+    return "stale" if is_stale(last_heartbeat, now, interval) else status
 
 
 # -- stale services ----------------------------------------------------------------------------------
 def check_services(rt: Runtime, now: datetime | None = None) -> list[int]:
-    """``service_stale`` (warning) once per stale episode of each service that is not ``offline``;
-    ``service_recovered`` (info) once when it beats again. Heartbeats are wall time. Returns new ids."""
+    """``service_stale`` (warning) once per stale episode of each service that is not ``offline`` — as a
+    notification and as an ``agent_logs`` warning of its own; ``service_recovered`` (info) once when it beats
+    again. Heartbeats are wall time. Returns new ids."""
     now = now or datetime.now(UTC)
-    limit = timedelta(seconds=STALE_AFTER_BEATS * rt.settings.heartbeat_interval)
+    interval = rt.settings.heartbeat_interval
     with session_scope() as s:
         services = [(h.service_name, h.kind, h.status, h.last_heartbeat, h.hostname, h.pid)
                     for h in s.scalars(select(ServiceHealth).order_by(ServiceHealth.service_name))]
     ids = []
     for name, kind, status, last, hostname, pid in services:
-        age = (now - last).total_seconds()
-        if status == "offline":
+        verdict = liveness(status, last, now, interval)
+        if verdict == "offline":
             continue  # a clean shutdown said goodbye: not an outage
-        if age > limit.total_seconds():
+        if verdict == "stale":
+            age = (now - last).total_seconds()
+            context = {"service": name, "kind": kind, "status": status, "hostname": hostname, "pid": pid,
+                       "last_heartbeat": last.isoformat(), "age_seconds": round(age, 1)}
             nid = notify("service_stale", "warning", f"{kind} {name} is not responding",
                          f"No heartbeat from {kind} {name} for {age:.0f} s (expected every "
-                         f"{rt.settings.heartbeat_interval:g} s); last seen {last.isoformat()} as {status}.",
-                         context={"service": name, "kind": kind, "status": status, "hostname": hostname, "pid": pid,
-                                  "last_heartbeat": last.isoformat(), "age_seconds": round(age, 1)},
-                         dedupe_key=_stale_key(name, last), occurred_at=now)
+                         f"{interval:g} s); last seen {last.isoformat()} as {status}.",
+                         context=context, dedupe_key=_stale_key(name, last), occurred_at=now)
+            if nid is not None:
+                _log_stale(context, nid, interval, now)
         else:
             nid = _recovered(name, kind, last, now)
         if nid is not None:
             ids.append(nid)
     return ids
+
+
+def _log_stale(context: dict, notification_id: int, interval: float, now: datetime) -> None:
+    """The episode's ``service_stale`` warning in ``agent_logs`` (with the service, its age and last heartbeat),
+    written once per episode: a later round of the same episode finds it and writes nothing. Written directly
+    rather than through the log processor, so the escalation does not depend on how logging is configured."""
+    name, last = context["service"], context["last_heartbeat"]
+    with session_scope() as s:
+        earlier = s.scalars(select(AgentLog.context).where(AgentLog.event == "service_stale", AgentLog.service == name)
+                            .order_by(AgentLog.id.desc()).limit(5)).all()
+        if any((c or {}).get("last_heartbeat") == last for c in earlier):
+            return
+        s.add(AgentLog(timestamp=now, level="WARNING", event="service_stale", service=name,
+                       context={**context, "notification_id": notification_id,
+                                "stale_after_seconds": stale_after(interval).total_seconds()}))
+    # Info, not warning: the warning row is the one just written (a warning line would be persisted twice).
+    log.info("service_stale_escalated", **{k: v for k, v in context.items() if k != "service"},
+             stale_service=name, notification_id=notification_id)
 
 
 def _stale_key(name: str, last: datetime) -> str:

@@ -113,76 +113,159 @@ def db_upgrade() -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
-    """Clock, session, services (heartbeats), schedule and positions at a glance."""
+    """Clock, session, next scan, trading state, today's P&L, services (heartbeats), positions and schedule."""
+    from catalyst.guard import status_view
+
     rt = _runtime()
     now = rt.clock.now()
     wall = datetime.now(UTC)
+    tz = rt.calendar.tz
     with session_scope() as s:
         services = s.scalars(select(ServiceHealth).order_by(ServiceHealth.service_name)).all()
         entries = s.scalars(select(ScheduleEntry).order_by(ScheduleEntry.name)).all()
-        open_count = len(s.scalars(select(Position.id).where(Position.status != "closed")).all())
-        refused = s.scalars(select(Position).where(Position.status == "closing",
-                                                   Position.exit_blocked_until.is_not(None))).all()
-    from catalyst.guard import status_view
-
+        held = s.scalars(select(Position).where(Position.status != "closed").order_by(Position.id)).all()
+        refused = [p for p in held if p.status == "closing" and p.exit_blocked_until is not None]
     trading = status_view(rt)
     session = rt.calendar.next_session(now)
+    scan = _next_scan(rt, now)
+    interval = rt.settings.heartbeat_interval
     data = {
         "clock": now.isoformat(), "clock_spec": rt.settings.clock, "market": rt.settings.market,
-        "market_open": rt.calendar.is_open(now), "next_or_current_session": {
-            "open": session.open.isoformat(), "close": session.close.isoformat()},
-        "halted": trading["state"] == "HALTED", "trading": trading, "open_positions": open_count,
+        "timezone": str(tz), "market_open": rt.calendar.is_open(now), "next_or_current_session": {
+            "open": session.open.astimezone(tz).isoformat(), "close": session.close.astimezone(tz).isoformat()},
+        "next_scan": scan,
+        "halted": trading["state"] == "HALTED", "trading": trading, "open_positions": len(held),
+        "positions": [position_dict(p) for p in held],
         "exits_refused": [{"position_id": p.id, "symbol": p.symbol, "reason": p.exit_blocked_reason,
                            "retry_at": p.exit_blocked_until.isoformat()} for p in refused],
         "broker": rt.settings.broker, "market_data": rt.market_data.name,
-        "services": [{"name": h.service_name, "kind": h.kind, "status": _liveness(h, wall, rt.settings),
-                      "last_heartbeat": h.last_heartbeat.isoformat(),
-                      "age_seconds": round((wall - h.last_heartbeat).total_seconds(), 1),
-                      "checks": h.checks, "positions_checked": h.positions_checked,
-                      "exits_executed": h.exits_executed, "advisor_calls": h.advisor_calls, "errors": h.errors}
-                     for h in services],
-        "schedule": [{"name": e.name, "task": e.task, "next_run_at": e.next_run_at and e.next_run_at.isoformat(),
-                      "last_slot_at": e.last_slot_at and e.last_slot_at.isoformat(), "sent": e.total_sent}
-                     for e in entries],
+        "heartbeat_interval_seconds": interval, "stale_after_seconds": _stale_seconds(interval),
+        "services": [_service(h, wall, interval) for h in services],
+        "schedule": [_schedule_entry(e, now, tz) for e in entries],
     }
+    _emit(data, as_json, _status_text(data, rt, now, session, entries))
+
+
+def _status_text(data: dict, rt, now: datetime, session, entries) -> str:
+    """The operator's page: every time in the market's time zone, named."""
     tz = rt.calendar.tz
-    text = "\n".join([
+    scan = data["next_scan"]
+    services = data["services"]
+    lines = [
         f"clock     {now.astimezone(tz):%Y-%m-%d %H:%M:%S %Z} ({rt.settings.clock})",
         f"market    {rt.settings.market} {'OPEN' if data['market_open'] else 'closed'}; "
-        f"session {session.open.astimezone(tz):%Y-%m-%d %H:%M}-{session.close.astimezone(tz):%H:%M}",
-        f"trading   {_trading_line(trading)}",
-        f"today     {_pnl_line(trading['daily_pnl'])}",
-        f"broker    {rt.settings.broker}; data {rt.market_data.name}; open positions {open_count}",
+        f"session {session.open.astimezone(tz):%Y-%m-%d %H:%M}-{session.close.astimezone(tz):%H:%M %Z}",
+        f"next scan {_market_time(datetime.fromisoformat(scan['at']), tz)} ({_until(scan['in_seconds'])}; "
+        f"{scan['entry']})" if scan else "next scan none in the exchange calendar",
+        f"trading   {_trading_line(data['trading'])}",
+        f"today     {_pnl_line(data['trading']['daily_pnl'])}",
+        f"broker    {rt.settings.broker}; data {rt.market_data.name}; open positions {data['open_positions']}",
         *[f"EXIT REFUSED  position {r['position_id']} {r['symbol']}: {r['reason']} (stop in place; retry "
           f"{r['retry_at']})" for r in data["exits_refused"]],
         "",
-        table(["service", "status", "heartbeat age s", "checks", "exits", "errors"],
-              [[s["name"], s["status"], s["age_seconds"], s["checks"], s["exits_executed"], s["errors"]]
-               for s in data["services"]], "llrrrr"),
+        table(["service", "kind", "status", "heartbeat age s", "checks", "exits", "errors"],
+              [[s["name"], s["kind"], f"STALE (last said {s['reported_status']})" if s["stale"] else s["status"],
+                s["age_seconds"], s["checks"], s["exits_executed"], s["errors"]] for s in services],
+              "lllrrrr") if services else "services  none has ever reported (no worker or beat started?)",
+        f"(stale: no heartbeat for {data['stale_after_seconds']:g} s, 3 intervals: crashed, killed, hung or cut off; "
+        "offline: stopped and said so)",
+        "",
+        table(["position", "symbol", "qty", "status", "entry", "last", "unrealized P&L", "opened"],
+              [[p["id"], p["symbol"], p["qty"], p["status"], p["entry_price"], p["last_price"], p["unrealized_pnl"],
+                _market_time(datetime.fromisoformat(p["opened_at"]), tz)] for p in data["positions"]],
+              "rlrlrrrl") if data["positions"] else "positions none open",
         "",
         table(["schedule entry", "task", "next run", "sent"],
-              [[e.name, e.task, e.next_run_at and e.next_run_at.astimezone(tz), e.total_sent] for e in entries],
-              "lllr"),
-    ])
-    _emit(data, as_json, text)
+              [[e.name, e.task, e.next_run_at and _market_time(e.next_run_at, tz)
+                + (" (overdue: is beat running?)" if e.next_run_at < now else ""), e.total_sent] for e in entries],
+              "lllr") if entries else "schedule  empty (beat has not run yet)",
+    ]
+    return "\n".join(lines)
+
+
+def _next_scan(rt, now: datetime) -> dict | None:
+    """The next time beat sends ``catalyst.scan_market``, from the exchange calendar and the schedule beat
+    itself derives (the pre-market scan and the in-session grid), so it is right even while beat is down.
+    Aware, in the market's time zone; ``None`` past the calendar's end."""
+    import beat_schedule
+    from datetime import timedelta
+
+    cal, found = rt.calendar, []
+    for e in beat_schedule.static_entries(rt.settings):
+        if e.task != "catalyst.scan_market":
+            continue
+        try:
+            if e.anchor == "session":
+                found.append((cal.next_slot(now, timedelta(seconds=e.interval_seconds)), e.name))
+            else:
+                found.append((cal.next_anchored(now, e.anchor, timedelta(seconds=e.offset_seconds)), e.name))
+        except CatalystError:  # beyond the calendar's last session
+            continue
+    if not found:
+        return None
+    at, entry = min(found)
+    return {"at": at.astimezone(cal.tz).isoformat(), "timezone": str(cal.tz), "entry": entry,
+            "in_seconds": round((at - now).total_seconds(), 1)}
+
+
+def _schedule_entry(e: ScheduleEntry, now: datetime, tz) -> dict:
+    """A row of ``schedule_entries`` in market time; ``overdue``: its slot passed and beat has not sent it."""
+    return {"name": e.name, "task": e.task, "next_run_at": e.next_run_at and e.next_run_at.astimezone(tz).isoformat(),
+            "overdue": bool(e.next_run_at and e.next_run_at < now),
+            "last_slot_at": e.last_slot_at and e.last_slot_at.astimezone(tz).isoformat(), "sent": e.total_sent}
+
+
+def _market_time(when: datetime, tz) -> str:
+    return f"{when.astimezone(tz):%Y-%m-%d %H:%M %Z}"
+
+
+def _until(seconds: float) -> str:
+    """``in 2 h 10 min``: the two largest units, never a bare number an operator must convert."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"in {seconds} s"
+    days, rest = divmod(seconds // 60, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
+    return "in " + " ".join(parts[:2])
+
+
+def _stale_seconds(interval: float) -> float:
+    from catalyst.alerts import stale_after
+
+    return stale_after(interval).total_seconds()
+
+
+def _service(h: ServiceHealth, wall: datetime, interval: float) -> dict:
+    verdict = _liveness(h, wall, interval)
+    return {"name": h.service_name, "kind": h.kind, "status": verdict, "reported_status": h.status,
+            "stale": verdict == "stale", "hostname": h.hostname, "pid": h.pid,
+            "started_at": h.started_at.isoformat(), "last_heartbeat": h.last_heartbeat.isoformat(),
+            "age_seconds": round((wall - h.last_heartbeat).total_seconds(), 1),
+            "checks": h.checks, "positions_checked": h.positions_checked,
+            "exits_executed": h.exits_executed, "advisor_calls": h.advisor_calls, "errors": h.errors}
 
 
 def _trading_line(t: dict) -> str:
     if t["state"] == "ACTIVE":
-        return "ACTIVE" + (f" (resumed by {t['resumed_by']} at {t['resumed_at']})" if t.get("resumed_by") else "")
+        return "ACTIVE: entries allowed" + (
+            f" (resumed by {t['resumed_by']} at {t['resumed_at']})" if t.get("resumed_by") else "")
     closing = "; closing every position" if t["closing_positions"] else ""
     return f"{t['state']}: {t['reason']} (by {t['by']} at {t['at']}){closing}"
 
 
 def _pnl_line(p: dict) -> str:
+    used = p["used_pct"] or 0.0  # never "-0%"
     return (f"P&L {p['total']:+,.2f} (realized {p['realized']:+,.2f}, unrealized {p['unrealized']:+,.2f}) "
-            f"= {p['used_pct']:.0f}% of the {p['limit']:,.2f} daily loss limit (warning at {p['warning_at']:,.2f})")
+            f"= {used:.0f}% of the {p['limit']:,.2f} daily loss limit (warning at {p['warning_at']:,.2f})")
 
 
-def _liveness(h: ServiceHealth, wall: datetime, settings) -> str:
-    """A service that claims to run but has stopped beating is called out, not trusted."""
-    stale = (wall - h.last_heartbeat).total_seconds() > max(3 * settings.heartbeat_interval, 30)
-    return f"STALE ({h.status})" if stale and h.status in ("online", "active", "standby", "starting") else h.status
+def _liveness(h: ServiceHealth, wall: datetime, interval: float) -> str:
+    """A service that claims to run but has stopped beating is called out, not trusted (one definition of
+    stale, shared with the alert watch and retention: :func:`catalyst.alerts.liveness`)."""
+    from catalyst.alerts import liveness
+
+    return liveness(h.status, h.last_heartbeat, wall, interval)
 
 
 @main.command()

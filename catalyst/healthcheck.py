@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-STALE_AFTER_BEATS = 3  # as catalyst.alerts: older than this many heartbeat intervals is stale
 UNHEALTHY_STATUSES = frozenset({"offline", "stopped", "failing"})
 UNHEALTHY = 1  # Docker reads 1 as unhealthy (2 is reserved)
 
@@ -48,7 +47,7 @@ def verdict(name: str, host: str, beats: Sequence[Beat], now: datetime, limit: t
     age = now - _aware(latest.last_heartbeat)
     if latest.status in UNHEALTHY_STATUSES:
         return f"{latest.service_name}: {latest.status}"
-    if age >= limit:
+    if age > limit:
         return f"{latest.service_name}: last heartbeat {age.total_seconds():.0f}s ago (stale after {limit.total_seconds():.0f}s)"
     return None
 
@@ -87,7 +86,9 @@ def check(names: Sequence[str], host: str | None = None) -> str | None:
         beats = read_beats(settings.sqlalchemy_url)
     except Exception as exc:  # noqa: BLE001 - any failure to read is "the database does not answer"
         return f"database: {type(exc).__name__}: {_first_line(exc)}"
-    limit = timedelta(seconds=STALE_AFTER_BEATS * settings.heartbeat_interval)
+    from catalyst.alerts import stale_after  # the one definition of stale (the alert watch and status use it)
+
+    limit = stale_after(settings.heartbeat_interval)
     now = datetime.now(UTC)
     host = host or socket.gethostname()
     problems = [p for p in (verdict(n, host, beats, now, limit) for n in names) if p]

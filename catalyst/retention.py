@@ -13,6 +13,15 @@ Which time: each table is compared on its *wall-clock* column against the wall-c
 is about disk and operator history, and wall time only moves forward (a simulated clock can start in
 2024 or run backwards between demos). ``advisor_cycles`` has only a market-time key (``slot_at``), so
 it alone is compared against the market clock's "now"; with the wall clock the two are the same.
+
+``service_health`` is not history but the list of processes `catalyst status` shows, one row per worker name
+and per beat process (``beat@host:pid``: every beat restart adds one). A row whose process is gone — it said
+``offline``, or it went stale and never came back — is deleted once it has been gone for
+``GONE_SERVICE_KEPT`` (a day, not ``retention_days``): long enough that last night's crash is still on this
+morning's status page, short enough that a month of restarts and redeploys does not bury the live services
+under dead ones. The record of what happened (the ``service_stale`` notification and its ``agent_logs``
+warning) stays for ``retention_days``. A live row is never deleted: only a heartbeat older than the stale
+threshold can qualify, and PostgreSQL re-checks the condition on a row a heartbeat updates concurrently.
 """
 
 from __future__ import annotations
@@ -22,9 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import delete, or_, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from catalyst.alerts import GONE_STATUSES, stale_after
 from catalyst.core.domain import BadInput
 from catalyst.db.engine import session_scope
 from catalyst.db.models import (
@@ -36,12 +46,14 @@ from catalyst.db.models import (
     Notification,
     Position,
     PositionMonitorStatus,
+    ServiceHealth,
 )
 
 log = structlog.get_logger("catalyst.retention")
 
 BATCH_SIZE = 5000
 FINISHED_NOTIFICATIONS = ("sent", "failed", "logged")
+GONE_SERVICE_KEPT = timedelta(hours=24)  # how long the row of a process that is gone stays on the status page
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,10 @@ def retention_window(days) -> timedelta:
 
 
 def prune(days, *, market_now: datetime | None = None, wall_now: datetime | None = None,
-          batch_size: int = BATCH_SIZE, url: str | None = None) -> dict[str, int]:
-    """Delete what is older than ``days`` from every pruned table; rows deleted per table."""
+          batch_size: int = BATCH_SIZE, url: str | None = None,
+          heartbeat_interval: float | None = None) -> dict[str, int]:
+    """Delete what is older than ``days`` from every pruned table; rows deleted per table. The rows of
+    services gone for a day go too (:func:`prune_gone_services`; logged, not in the returned counts)."""
     window = retention_window(days)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BadInput(f"batch_size must be an integer >= 1, not {batch_size!r}")
@@ -99,9 +113,30 @@ def prune(days, *, market_now: datetime | None = None, wall_now: datetime | None
     for rule in RULES:
         cutoff = (market_now if rule.market_time else wall_now) - window
         counts[rule.table] = prune_table(rule, cutoff, batch_size, url)
+    if heartbeat_interval is None:
+        from catalyst.settings import get_settings
+
+        heartbeat_interval = get_settings().heartbeat_interval
+    gone = prune_gone_services(wall_now, heartbeat_interval, url)
     log.info("retention_pruned", days=days, cutoff=(wall_now - window).isoformat(),
-             total=sum(counts.values()), **counts)
+             total=sum(counts.values()), service_health=gone, **counts)
     return counts
+
+
+def prune_gone_services(wall_now: datetime, heartbeat_interval: float, url: str | None = None) -> int:
+    """Delete the ``service_health`` rows of processes gone for ``GONE_SERVICE_KEPT``: offline that long, or
+    stale that long (no heartbeat for the stale threshold plus the day). Never a live row. Rows deleted."""
+    offline_before = wall_now - GONE_SERVICE_KEPT
+    silent_before = offline_before - stale_after(heartbeat_interval)
+    with session_scope(url) as s:
+        deleted = s.execute(
+            delete(ServiceHealth)
+            .where(or_(and_(ServiceHealth.status.in_(GONE_STATUSES), ServiceHealth.last_heartbeat < offline_before),
+                       ServiceHealth.last_heartbeat < silent_before))
+            .execution_options(synchronize_session=False)).rowcount
+    if deleted:
+        log.info("gone_services_pruned", deleted=deleted, offline_before=offline_before.isoformat())
+    return deleted
 
 
 def prune_table(rule: Rule, cutoff: datetime, batch_size: int, url: str | None = None) -> int:

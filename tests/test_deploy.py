@@ -495,7 +495,15 @@ def test_healthcheck_follows_a_real_worker_from_start_to_shutdown(pg_url, redis_
         assert after.returncode == 1 and "offline" in after.stdout
 
 
-def test_healthcheck_judges_staleness_as_the_watchdog_does():
-    from catalyst import alerts, healthcheck as hc
+def test_healthcheck_judges_staleness_as_the_watchdog_does(pg_url):
+    """Where the alert watch (catalyst.alerts) calls a heartbeat stale, the container is unhealthy, and not before."""
+    from catalyst import alerts
 
-    assert hc.STALE_AFTER_BEATS == alerts.STALE_AFTER_BEATS
+    limit = alerts.stale_after(20.0).total_seconds()
+    write_beat(pg_url, f"positions@{HOST}", age=limit - 25)
+    write_beat(pg_url, f"exits@{HOST}", age=limit + 25)
+    now = datetime.now(UTC)
+    assert not alerts.is_stale(now - timedelta(seconds=limit - 25), now, 20.0)
+    assert healthcheck(pg_url, "positions", interval="20").returncode == 0
+    assert alerts.is_stale(now - timedelta(seconds=limit + 25), now, 20.0)
+    assert healthcheck(pg_url, "exits", interval="20").returncode == 1

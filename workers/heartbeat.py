@@ -21,8 +21,10 @@ from catalyst.records import COUNTERS
 log = structlog.get_logger("catalyst.heartbeat")
 
 
-def beat_heart(service: str, *, kind: str, status: str, reset: bool = False, **details) -> None:
-    """Upsert this service's row; ``reset`` starts its counters afresh (a new process)."""
+def beat_heart(service: str, *, kind: str, status: str, reset: bool = False, url: str | None = None,
+               **details) -> None:
+    """Upsert this service's row; ``reset`` starts its counters afresh (a new process); ``url``: which
+    database (default: the configured one)."""
     now = datetime.now(UTC)
     values = {"status": status, "last_heartbeat": now, "hostname": socket.gethostname(), "pid": os.getpid(),
               "kind": kind}
@@ -30,34 +32,86 @@ def beat_heart(service: str, *, kind: str, status: str, reset: bool = False, **d
         values["details"] = details
     if reset:
         values.update({name: 0 for name in COUNTERS}, started_at=now)
-    with session_scope() as s:
+    with session_scope(url) as s:
         if s.execute(update(ServiceHealth).where(ServiceHealth.service_name == service).values(**values)).rowcount:
             return
     try:
-        with session_scope() as s:
+        with session_scope(url) as s:
             values.setdefault("started_at", now)
             s.add(ServiceHealth(service_name=service, **values))
     except IntegrityError:
-        beat_heart(service, kind=kind, status=status, **details)
+        beat_heart(service, kind=kind, status=status, url=url, **details)
 
 
 class HeartbeatThread(threading.Thread):
-    """Beats every ``interval`` seconds until stopped; a failed beat is logged, never fatal."""
+    """Beats every ``interval`` seconds until stopped; a failed beat is logged, never fatal.
+
+    ``status`` is what the next beat reports: a worker draining its tasks in a warm shutdown says
+    ``stopping`` (set from a signal handler, so only an attribute changes there; the beat does the I/O).
+    """
 
     def __init__(self, service: str, kind: str, interval: float) -> None:
         super().__init__(name=f"heartbeat-{service}", daemon=True)
         self.service, self.kind, self.interval = service, kind, interval
+        self.status = "online"
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             try:
-                beat_heart(self.service, kind=self.kind, status="online")
+                beat_heart(self.service, kind=self.kind, status=self.status)
             except Exception as exc:  # the database may be briefly away; the next beat retries
                 log.warning("heartbeat_failed", service=self.service, error=str(exc))
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0.0) -> None:
+        """Stop beating; with ``wait``, also let a beat in flight finish (so it cannot land after a goodbye)."""
         self._stop_event.set()
+        if wait and self.is_alive() and threading.current_thread() is not self:
+            self.join(wait)
+
+
+GOODBYE_WAIT = 5.0  # seconds a goodbye waits for a heartbeat in flight (a hung database must not hold up the exit)
+
+
+class Goodbye:
+    """Says ``offline`` for one process, exactly once, however it ends.
+
+    A warm shutdown sends Celery's ``worker_shutdown``; a cold one (SIGQUIT, or SIGTERM remapped to it
+    by ``REMAP_SIGTERM=SIGQUIT`` on a PaaS) does not, but the process still leaves through
+    ``sys.exit``, so an ``atexit`` hook says it then. Only the process that started the heartbeat says
+    it: a forked pool child inherits this object and the atexit hook, never the right to speak for the
+    worker (billiard children leave through ``os._exit`` anyway). A SIGKILL says nothing: the row goes
+    stale after three intervals, which is what the watch is for.
+    """
+
+    def __init__(self, heartbeat: HeartbeatThread, *others, url: str | None = None) -> None:
+        self.heartbeat, self.others = heartbeat, others
+        self.url = url  # the database the heartbeat went to, whatever the process's settings say by its exit
+        self.pid = os.getpid()
+        self._said = False
+        self._lock = threading.Lock()
+
+    def __call__(self, how: str = "shutdown") -> bool:
+        """Stop the threads, then write ``offline``; True if this call said it."""
+        if os.getpid() != self.pid:
+            return False
+        with self._lock:
+            if self._said:
+                return False
+            self._said = True
+        for other in self.others:
+            try:
+                other.stop()
+            except Exception:  # noqa: BLE001 - going away regardless
+                pass
+        self.heartbeat.stop(wait=GOODBYE_WAIT)
+        try:
+            beat_heart(self.heartbeat.service, kind=self.heartbeat.kind, status="offline", url=self.url)
+        except Exception as exc:  # noqa: BLE001 - the database is away: the row goes stale instead
+            log.warning("goodbye_failed", service=self.heartbeat.service, how=how, error=type(exc).__name__)
+            return False
+        log.info("service_offline", service=self.heartbeat.service, kind=self.heartbeat.kind, how=how)
+        return True
 
 
 ALERT_WATCH_LEASE = "alert-watch"
@@ -101,11 +155,12 @@ class AlertWatchThread(threading.Thread):
             self._blind_since = time.monotonic()
             log.warning("alert_watch_failed", step="lease", error=type(exc).__name__)
             return False
-        from catalyst.alerts import STALE_AFTER_BEATS, check_services
+        from catalyst.alerts import check_services, stale_after
         from catalyst.notify import deliver_pending
         from catalyst.runtime import get_runtime
 
-        if self._blind_since is None or time.monotonic() - self._blind_since > STALE_AFTER_BEATS * self.interval:
+        settled = stale_after(self.interval).total_seconds()
+        if self._blind_since is None or time.monotonic() - self._blind_since > settled:
             try:
                 check_services(get_runtime())
             except Exception as exc:  # noqa: BLE001

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from celery import platforms
 from celery.beat import Scheduler
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import delete, or_, select, update
@@ -94,6 +96,20 @@ def _due_slot(cal, row: ScheduleEntry, now: datetime) -> tuple[datetime | None, 
     return slot, cal.next_anchored(max(now, slot) if slot else now, row.anchor, offset)
 
 
+def _exit_on_sigquit() -> None:
+    """SIGQUIT ends beat like SIGTERM and SIGINT do (Celery's beat installs those two only; SIGQUIT's default
+    action would kill it without ``close()``, leaving its row "active" to go stale). Beat's loop turns the
+    ``SystemExit`` into a normal stop: ``close()`` releases the lease and says ``offline``. Only from the main
+    thread (an embedded ``worker -B`` beat runs in a thread, and the worker owns its signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _quit(signum, frame):
+        raise SystemExit()
+
+    platforms.signals["SIGQUIT"] = _quit
+
+
 class CatalystScheduler(Scheduler):
     def __init__(self, *args, **kwargs):
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -113,6 +129,7 @@ class CatalystScheduler(Scheduler):
         check_startup("beat")
         self.rt = get_runtime()
         beat_heart(self.service, kind="beat", status="starting", reset=True)
+        _exit_on_sigquit()
         log.info("beat_started", holder=self.holder, clock=self.rt.settings.clock, market=self.rt.settings.market)
 
     @property
@@ -200,9 +217,9 @@ class CatalystScheduler(Scheduler):
                 log.warning("beat_release_failed", holder=self.holder, error=f"{type(exc).__name__}: {exc}")
             self.token = None
         try:
-            beat_heart(self.service, kind="beat", status="stopped")
-        except Exception:
-            pass
+            beat_heart(self.service, kind="beat", status="offline")  # a goodbye: never mistaken for a crash
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL is away: the row goes stale instead
+            log.warning("goodbye_failed", service=self.service, error=type(exc).__name__)
         super().close()
 
     # -- schedule maintenance ---------------------------------------------------------------

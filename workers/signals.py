@@ -1,7 +1,9 @@
-"""Worker and beat lifecycle hooks: refuse an unmigrated database, heartbeat, fork safety."""
+"""Worker and beat lifecycle hooks: refuse an unmigrated database, heartbeat (and an ``offline`` goodbye
+however the worker is stopped), fork safety."""
 
 from __future__ import annotations
 
+import atexit
 import re
 import time
 
@@ -13,11 +15,12 @@ from catalyst.db.engine import NotMigrated, dispose_all, ensure_migrated
 from catalyst.core.domain import CatalystError
 from catalyst.logs import configure_logging
 from catalyst.settings import get_settings
-from workers.heartbeat import AlertWatchThread, HeartbeatThread, beat_heart
+from workers.heartbeat import AlertWatchThread, Goodbye, HeartbeatThread, beat_heart
 
 log = structlog.get_logger("catalyst.worker")
 _heartbeat: HeartbeatThread | None = None
 _alert_watch: AlertWatchThread | None = None
+_goodbye: Goodbye | None = None
 
 
 STARTUP_RETRY_MAX = 5.0  # seconds between start-up attempts while the database does not answer
@@ -79,26 +82,30 @@ def _warm_indicators(sender=None, **_):
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_):
-    global _heartbeat, _alert_watch
+    global _heartbeat, _alert_watch, _goodbye
     name = sender.hostname
     beat_heart(name, kind="worker", status="online", reset=True)
     _heartbeat = HeartbeatThread(name, "worker", get_settings().heartbeat_interval)
     _heartbeat.start()
     _alert_watch = AlertWatchThread(name, get_settings().heartbeat_interval)  # stale services, lost enqueues
     _alert_watch.start()
+    _goodbye = Goodbye(_heartbeat, _alert_watch, url=get_settings().sqlalchemy_url)
+    atexit.register(_goodbye, "exit")  # a cold shutdown sends no worker_shutdown, but it does leave via sys.exit
     log.info("worker_online", worker=name)
+
+
+@signals.worker_shutting_down.connect
+def _on_worker_shutting_down(sender=None, how=None, **_):
+    """Sent from the signal handler (warm or cold): only flag it; the next heartbeat writes ``stopping``."""
+    if _heartbeat is not None:
+        _heartbeat.status = "stopping"
 
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(sender=None, **_):
-    if _alert_watch is not None:
-        _alert_watch.stop()
-    if _heartbeat is not None:
-        _heartbeat.stop()
-        try:
-            beat_heart(_heartbeat.service, kind="worker", status="offline")
-        except Exception:
-            pass
+    """A warm shutdown (its tasks finished): say goodbye now rather than at the interpreter's exit."""
+    if _goodbye is not None:
+        _goodbye("warm")
 
 
 @signals.worker_process_init.connect
