@@ -98,6 +98,8 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10  # an idle or trickling connection cannot pin a thread (and, in numbers, the server) forever
+
     def log_message(self, format, *args):  # noqa: A002 - wsgiref's signature; one line per scrape is noise
         pass
 

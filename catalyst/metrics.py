@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from catalyst.db.models import AdvisorUsage, Decision, Position, PositionMonitorStatus, ServiceHealth, TradingState
@@ -301,12 +301,18 @@ def metrics_engine(url: str) -> Engine:
         from catalyst.db.engine import make_engine
 
         return make_engine(url)
-    options = f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on"
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, pool_timeout=DB_CONNECT_TIMEOUT,
-                         connect_args={"connect_timeout": DB_CONNECT_TIMEOUT, "options": options,
-                                       "application_name": "catalyst-metrics", "keepalives": 1,
-                                       "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
-                                       "tcp_user_timeout": DB_STATEMENT_TIMEOUT_MS + 2000})
+    engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, pool_timeout=DB_CONNECT_TIMEOUT,
+                           connect_args={"connect_timeout": DB_CONNECT_TIMEOUT, "application_name": "catalyst-metrics",
+                                         "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                                         "keepalives_count": 2, "tcp_user_timeout": DB_STATEMENT_TIMEOUT_MS + 2000})
+
+    @event.listens_for(engine, "begin")
+    def _limit(conn) -> None:
+        # Per transaction, not per session and not as a startup ``options`` parameter: that would replace the
+        # options of DATABASE_URL (a search_path) and is refused by PgBouncer-style poolers.
+        conn.exec_driver_sql(f"SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {DB_STATEMENT_TIMEOUT_MS}")
+
+    return engine
 
 
 def build_registry(collector: CatalystCollector) -> CollectorRegistry:
@@ -380,6 +386,8 @@ def monitor_families(conn: Connection, m: Moment) -> list[Metric]:
 def service_families(conn: Connection, m: Moment) -> list[Metric]:
     """Each service's heartbeat age (wall time), its reported status and its counters (reset when the
     process restarts, as counters may)."""
+    from catalyst.alerts import GONE_STATUSES
+
     rows = conn.execute(select(ServiceHealth.service_name, ServiceHealth.kind, ServiceHealth.status,
                                ServiceHealth.last_heartbeat, *(getattr(ServiceHealth, c) for c in COUNTERS))
                         .order_by(ServiceHealth.service_name)).all()
@@ -391,7 +399,8 @@ def service_families(conn: Connection, m: Moment) -> list[Metric]:
                                        "started", labels=["service", "kind"]) for c in COUNTERS}
     for row in rows:
         labels = [row.service_name, row.kind]
-        age.add_metric(labels, max(0.0, (m.wall_now - row.last_heartbeat).total_seconds()))
+        if row.status not in GONE_STATUSES:  # a process that said goodbye has no heartbeat to be late with
+            age.add_metric(labels, max(0.0, (m.wall_now - row.last_heartbeat).total_seconds()))
         status.add_metric([*labels, row.status], 1)
         for c in COUNTERS:
             counters[c].add_metric(labels, int(getattr(row, c) or 0))

@@ -33,6 +33,7 @@ from catalyst.clock import ManualClock
 from catalyst.db.engine import session_scope
 from catalyst.db.models import (AdvisorUsage, Decision, Position, PositionMonitorStatus, ServiceHealth,
                                 TradingState)
+import catalyst.metrics as metrics_module
 from catalyst.metrics import EXIT_REASONS, QUEUES, SOURCES, CatalystCollector, build_registry, redis_queue_keys
 from catalyst.records import security_id
 from catalyst.settings import get_settings
@@ -102,6 +103,9 @@ def seed() -> None:
                             exits_executed=2, advisor_calls=1, errors=1))
         s.add(ServiceHealth(service_name="beat", kind="beat", status="active", started_at=WALL_NOW,
                             last_heartbeat=WALL_NOW - timedelta(seconds=3)))
+        # a worker that said goodbye an hour ago (a restart or a deploy): not a heartbeat that is late
+        s.add(ServiceHealth(service_name="worker@old-dyno", kind="worker", status="offline", started_at=WALL_NOW,
+                            last_heartbeat=WALL_NOW - timedelta(hours=1)))
         s.add(AdvisorUsage(day="2025-03-04", spent_usd=0.0123, reserved_usd=0.001, calls=4, updated_at=WALL_NOW))
         s.add(AdvisorUsage(day="2025-03-03", spent_usd=1.0, reserved_usd=0.0, calls=9, updated_at=WALL_NOW))
         s.add(TradingState(key="halted", value={"state": "REDUCING", "market_day": "2025-03-04", "reason": "loss"},
@@ -124,7 +128,8 @@ def expected_from_database(market_now: datetime) -> dict:
         "lag": max((market_now - t).total_seconds() for t in held) if held else 0.0,
         "checked": len([d for d in rows(Decision) if d.kind == "monitor"
                         and d.recorded_at >= WALL_NOW - timedelta(minutes=1)]),
-        "ages": {h.service_name: (WALL_NOW - h.last_heartbeat).total_seconds() for h in rows(ServiceHealth)},
+        "ages": {h.service_name: (WALL_NOW - h.last_heartbeat).total_seconds() for h in rows(ServiceHealth)
+                 if h.status != "offline"},
         "advisor": (usage.calls, usage.spent_usd) if usage else (0, 0.0),
     }
 
@@ -150,6 +155,7 @@ def test_every_series_equals_what_the_database_says(stores):
     assert ages == {"worker@h1": 12.5, "beat": 3.0} == db["ages"]
     assert value(found, "catalyst_heartbeat_age_seconds", service="beat", kind="beat") == 3.0
     assert value(found, "catalyst_service_status", service="worker@h1", kind="worker", status="online") == 1
+    assert value(found, "catalyst_service_status", service="worker@old-dyno", kind="worker", status="offline") == 1
     assert value(found, "catalyst_service_positions_checked_total", service="worker@h1", kind="worker") == 7
     assert value(found, "catalyst_service_errors_total", service="worker@h1", kind="worker") == 1
     assert (value(found, "catalyst_advisor_calls_today"), value(found, "catalyst_advisor_cost_today_usd")) \
@@ -219,7 +225,10 @@ def test_a_source_that_cannot_be_read_is_reported_and_the_rest_still_exported(pg
     assert value(found, "catalyst_monitor_check_interval_seconds") == 60  # settings are still exported
 
 
-def test_a_broker_that_never_answers_cannot_hold_the_scrape(stores):
+DEADLINE = 10.0  # generous: the database parts must answer within it even on a loaded box
+
+
+def test_a_broker_that_never_answers_cannot_hold_the_scrape(stores, monkeypatch):
     """A Redis that accepts the connection and then says nothing: the scrape ends at its deadline."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -240,8 +249,12 @@ def test_a_broker_that_never_answers_cannot_hold_the_scrape(stores):
     try:
         silent_url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
         with environment({"DATABASE_URL": stores["DATABASE_URL"], "REDIS_URL": silent_url}):
+            collector = CatalystCollector(get_settings(), clock=ManualClock(MARKET_NOW), deadline=DEADLINE)
+            collector.moment()  # the calendar and the database connection warm, as in a server after its first scrape
+            collector.engine().connect().close()
+            monkeypatch.setattr(metrics_module, "REDIS_TIMEOUT", 10 * DEADLINE)  # the broker outlasts the deadline
             with capture_logs() as logs:
-                found = scrape(CatalystCollector(get_settings(), clock=ManualClock(MARKET_NOW), deadline=0.5))
+                found = scrape(collector)
     finally:
         stop.set()
         holder.join()
@@ -252,7 +265,7 @@ def test_a_broker_that_never_answers_cannot_hold_the_scrape(stores):
     assert value(found, "catalyst_scrape_errors", source="positions") == 0
     assert accepted  # it really connected, and got no answer
     failures = [e for e in logs if e["event"] == "metrics_source_failed"]
-    assert [(e["source"], e["error"]) for e in failures] == [("queues", "no answer within 0.5s")]
+    assert [(e["source"], e["error"]) for e in failures] == [("queues", f"no answer within {DEADLINE:g}s")]
 
 
 def test_once_prints_the_exposition(stores):
@@ -398,3 +411,20 @@ def test_scraped_after_a_short_session_with_real_worker_and_beat(session_env, st
                                                                                 reason="manual")
     assert value(found, "catalyst_realized_pnl_today_usd") == pytest.approx(closed.realized_pnl)
     assert get(url.replace("/metrics", "/other"), AUTH)[0] == 404
+
+
+def test_scrapes_are_read_only_with_a_timeout_and_keep_the_urls_own_options(pg_url):
+    """The limits are set per transaction, so options in DATABASE_URL (a search_path) still apply."""
+    from catalyst.metrics import DB_STATEMENT_TIMEOUT_MS, metrics_engine
+
+    url = pg_url.replace("postgresql://", "postgresql+psycopg://") + "?options=-csearch_path%3Dcatalyst_ops,public"
+    engine = metrics_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW search_path").scalar().replace(" ", "") == "catalyst_ops,public"
+            assert conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == f"{DB_STATEMENT_TIMEOUT_MS // 1000}s"
+            with pytest.raises(Exception, match="read-only transaction"):
+                conn.exec_driver_sql("CREATE TABLE scrape_wrote_this (id int)")
+    finally:
+        engine.dispose()
