@@ -30,8 +30,9 @@ else:
     if broker_url.startswith("redis://"):  # not rediss://: kombu turns TLS on by that transport name only
         broker_transport = "workers.transport:Transport"  # kombu's Redis, dropping unreadable queue entries
         # Named "redis" in URLs (conn.as_uri(), the worker banner): Flower picks its Broker page by that scheme
-        # and answers 404 "'redis' broker is not supported" for any other. The class used does not change
-        # (kombu's clone() keeps the real class; only the reported name is the alias).
+        # and answers 404 "'redis' broker is not supported" for any other. The connections Celery makes (clone(),
+        # copy, its pools) keep the real class; a pickled or deep-copied Connection would come back as kombu's
+        # stock Redis transport (info() resolves the alias), which nothing here does.
         from kombu.connection import resolve_aliases
 
         resolve_aliases[broker_transport] = "redis"
