@@ -210,8 +210,8 @@ def draw_all(report, out: Path) -> dict[str, list[tuple[str, str]]]:
         price_chart(out / name, series, [t for t in report.trades if t.symbol == symbol], tz, span, report.as_of)
         charts["prices"].append((name, f"{symbol}: price ({series.source}) with entries, exits, stop and target"))
     if report.trades:
-        open_trades = [t for t in report.trades if not t.realized]
-        unrealized = sum(t.pnl or 0.0 for t in open_trades)
+        open_trades = [t for t in report.trades if not t.realized and t.known]  # an open one without a price: not drawn
+        unrealized = sum(t.pnl for t in open_trades)
         pnl_chart(out / file_name("pnl"), report.pnl_curve(), unrealized, len(open_trades), tz, span, report.as_of)
         charts["pnl"].append((file_name("pnl"), "cumulative realized P&L over the session"))
     by_reason = report.exits_by_reason()

@@ -86,8 +86,11 @@ def _summary(s: dict) -> str:
         f"<tr><th>wins / losses / draws</th><td class='n'>{s['wins']} / {s['losses']} / {s['draws']}</td></tr>",
         f"<tr><th>win rate</th><td class='n'>{e(win)}</td></tr>",
         f"<tr><th>realized P&amp;L (USD)</th>{money(s['realized_pnl'])}</tr>",
+        *_unknown(s["realized_unknown"], "closed trades with unknown P&amp;L (no realized P&amp;L or exit price "
+                                         "recorded; left out of the figures)"),
         f"<tr><th>realized P&amp;L (% of cost)</th>{num(s['realized_pnl_pct'], '+.2f')}</tr>",
         f"<tr><th>unrealized P&amp;L (USD)</th>{money(s['unrealized_pnl'])}</tr>",
+        *_unknown(s["unrealized_unknown"], "open trades with unknown P&amp;L (no price that day; left out)"),
         f"<tr><th>profit factor</th>{num(s['profit_factor'])}</tr>",
         f"<tr><th>max drawdown of realized (USD)</th>{num(s['max_drawdown'])}</tr>",
         f"<tr><th>average hold (min)</th>{num(s['avg_hold_minutes'], '.1f')}</tr>",
@@ -97,6 +100,17 @@ def _summary(s: dict) -> str:
         if t:
             rows.append(f"<tr><th>{label}</th><td class='n'>#{t['id']} {e(t['symbol'])} {t['pnl']:+,.2f}</td></tr>")
     return "<h2>Summary</h2>" + f"<table><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _unknown(count: int, label: str) -> list[str]:
+    """A summary row for figures the records cannot give, only when there are any."""
+    return [f"<tr><th>{label}</th><td class='n'>{count} unknown</td></tr>"] if count else []
+
+
+def _kind(t) -> str:
+    """The trade's last column: realized or unrealized, and "P&L unknown" when it has none."""
+    kind = "realized" if t.realized else "unrealized"
+    return kind if t.known else f"{kind}, P&amp;L unknown"
 
 
 def _trades(report, tz) -> str:
@@ -109,7 +123,7 @@ def _trades(report, tz) -> str:
             f"{num(t.entry_price)}<td>{e(_time(t.exit_time, tz)) if t.exit_time else '(' + e(t.status) + ')'}</td>"
             f"{num(t.exit_price if t.realized else t.mark)}<td>{e(t.reason)}</td><td>{e(t.strategy)}</td>"
             f"{num(t.stop)}{num(t.target)}{money(t.pnl)}{num(t.pnl_pct, '+.2f')}"
-            f"<td>{'realized' if t.realized else 'unrealized'}</td></tr>")
+            f"<td>{_kind(t)}</td></tr>")
     return "<h2>Trades</h2>" + _table(["id", "symbol", "qty", "entry", "entry $", "exit", "exit $ / mark", "reason",
                                        "strategy", "stop", "target", "P&L $", "P&L %", ""], rows)
 

@@ -304,3 +304,213 @@ def test_report_of_the_demo_database_equals_its_trades(demo_run, tmp_path):
     assert len(data["trades"]) == facts["trades"]
     assert data["funnel"], "the demo scanned: the funnel has its cycles"
     images_of(tmp_path / "again" / "index.html")
+
+
+# -- defects found by review (issue 10) -------------------------------------------------------------------
+
+class FailingBars:
+    """A market-data source in an outage: every bars() call raises; the calls are counted."""
+
+    name = "outage"
+
+    def __init__(self):
+        self.calls = 0
+
+    def bars(self, symbol, end, count):
+        self.calls += 1
+        raise ConnectionError("market data is down")
+
+
+def runtime_with(market_data):
+    """The process runtime with its market data replaced (the CLI picks it up too)."""
+    from dataclasses import replace
+
+    from catalyst.runtime import get_runtime, use_runtime
+
+    rt = replace(get_runtime(), market_data=market_data)
+    use_runtime(rt)
+    return rt
+
+
+@pytest.fixture
+def quiet_db(pg_url, tmp_path):
+    """An empty database; clock 2026-12-04 15:30 New York (tests that seed their own few rows)."""
+    env = {"DATABASE_URL": pg_url, "CATALYST_VAR_DIR": str(tmp_path / "var"), "CATALYST_MARKET_DATA": "synthetic",
+           "CATALYST_CLOCK": f"sim:{DAY}T15:30:00-05:00@1"}
+    with environment(env):
+        yield env
+
+
+def test_a_past_days_mark_is_that_days_last_recorded_price_not_todays(quiet_db):
+    """Held since 12-03 at 100; the monitor saw 101 at 15:55 that day; it is 150 now; bars are down."""
+    from datetime import date
+
+    from catalyst.session_report import gather
+
+    pid = seed_position("HELD", 100.0, at("2026-12-03", "10:00"), qty=10)
+    with session_scope() as s:
+        s.get(Position, pid).last_price = 150.0
+        record_decision(s, kind="monitor", action="hold", symbol="HELD", position_id=pid,
+                        decided_at=at("2026-12-03", "15:55"), details={"price": 101.0})
+    report = gather(runtime_with(FailingBars()), date(2026, 12, 3))
+    (trade,) = report.trades
+    assert (trade.realized, trade.mark, trade.pnl) == (False, 101.0, 10.0)
+    assert report.summary()["unrealized_pnl"] == 10.0
+
+
+def test_a_past_day_without_any_price_leaves_the_mark_unknown(quiet_db, tmp_path):
+    """Held over 12-03 with no check that day, no bars: no price for the day, so no unrealized figure."""
+    pid = seed_position("HELD", 100.0, at("2026-12-02", "10:00"), qty=10)
+    with session_scope() as s:
+        s.get(Position, pid).last_price = 150.0
+    runtime_with(FailingBars())
+    result = cli("report", "--date", "2026-12-03", "--out", str(tmp_path / "r"), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    (trade,) = data["trades"]
+    assert (trade["mark"], trade["pnl"]) == (None, None)
+    assert data["summary"]["unrealized_pnl"] == 0 and data["summary"]["unrealized_unknown"] == 1
+    assert "unknown" in (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+
+
+def test_before_the_open_the_default_day_is_the_last_session_that_opened(seeded, monkeypatch, tmp_path):
+    """Monday 08:00 New York: Monday's session has not opened, so the report is Friday's."""
+    from catalyst.runtime import reset_runtime
+
+    monkeypatch.setenv("CATALYST_CLOCK", "sim:2026-12-07T08:00:00-05:00@1")
+    reset_runtime()
+    result = cli("report", "--json", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["date"] == DAY and data["summary"]["trades"] == 4
+    # Monday asked for explicitly: its figures stop now, not at a future moment.
+    result = cli("report", "--date", "2026-12-07", "--json", "--out", str(tmp_path / "monday"))
+    assert result.exit_code == 0, result.output
+    monday = json.loads(result.output)
+    assert datetime.fromisoformat(monday["as_of"]) <= datetime.fromisoformat(monday["generated_at"])
+
+
+def test_out_refuses_a_directory_that_is_not_a_report(seeded, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "chart-holiday.png").write_bytes(b"my own picture")
+    result = cli("report", "--date", DAY, "--out", str(out))
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: --out") and "not a Catalyst report" in lines[0], lines
+    assert sorted(p.name for p in out.iterdir()) == ["chart-holiday.png", "notes.txt"]
+    assert (out / "chart-holiday.png").read_bytes() == b"my own picture"
+
+
+def test_rewriting_a_report_deletes_only_the_charts_it_wrote(seeded, tmp_path):
+    out = tmp_path / "r"
+    assert cli("report", "--date", DAY, "--out", str(out)).exit_code == 0
+    first = json.loads((out / "report.json").read_text())
+    assert first["index"] == "index.html"  # relative: the directory can be moved
+    (out / "chart-mine.png").write_bytes(b"mine")
+    (out / "notes.txt").write_text("mine")
+    result = cli("report", "--date", "2026-12-02", "--out", str(out))  # a quiet day: fewer charts
+    assert result.exit_code == 0, result.output
+    second = json.loads((out / "report.json").read_text())
+    left = {p.name for p in out.iterdir()}
+    assert not set(first["charts"]) - set(second["charts"]) & left  # the old report's charts are gone
+    assert {"chart-mine.png", "notes.txt"} <= left and (out / "chart-mine.png").read_bytes() == b"mine"
+    assert {p.name for p in images_of(out / "index.html")} == set(second["charts"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "var") == ["r"]  # no temporary left behind
+
+
+def test_a_report_that_fails_part_way_leaves_the_previous_page_whole(seeded, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    assert cli("report", "--date", DAY, "--out", str(out)).exit_code == 0
+    before = (out / "index.html").read_text(encoding="utf-8")
+    import catalyst.report_charts as charts
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("matplotlib could not draw")
+
+    monkeypatch.setattr(charts, "funnel_chart", broken)
+    result = cli("report", "--date", DAY, "--out", str(out))
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "matplotlib could not draw" in lines[0], lines
+    assert (out / "index.html").read_text(encoding="utf-8") == before
+    images_of(out / "index.html")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "var") == ["r"]  # no temporary left behind
+
+
+def test_a_database_error_part_way_is_one_line(seeded, tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    import catalyst.session_report as session_report
+
+    def lost(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(session_report, "gather", lost)
+    result = cli("report", "--date", DAY, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "server closed the connection" in lines[0], lines
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_default_directory_is_under_catalyst_var_dir_not_the_working_directory(seeded, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = cli("report", "--date", DAY)
+    assert result.exit_code == 0, result.output
+    expected = tmp_path / "var" / "reports" / DAY / "index.html"  # CATALYST_VAR_DIR is tmp_path/var
+    assert Path(result.output.strip()).resolve() == expected.resolve()
+    images_of(expected)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_market_data_outage_is_asked_once(seeded):
+    from datetime import date
+
+    from catalyst.session_report import gather
+
+    source = FailingBars()
+    report = gather(runtime_with(source), date(2026, 12, 4))
+    assert len(report.prices) == 4 and source.calls == 1
+    assert all(p.source == "recorded" and "outage" in p.note for p in report.prices.values())
+
+
+def test_a_closed_position_without_realized_pnl_is_computed_or_unknown(seeded, tmp_path):
+    """'win' lost its realized_pnl but has its exit price (+40); another close has neither: unknown."""
+    with session_scope() as s:
+        s.get(Position, seeded["win"]).realized_pnl = None
+        s.get(Position, seeded["win"]).realized_pnl_pct = None
+    lost = seed_position("LOST", 20.0, at(DAY, "12:00"), qty=5)
+    with session_scope() as s:
+        p = s.get(Position, lost)
+        p.status, p.closed_at, p.exit_reason = "closed", at(DAY, "12:30"), "manual"
+    out = tmp_path / "r"
+    result = cli("report", "--date", DAY, "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    trades = {t["id"]: t for t in data["trades"]}
+    assert (trades[seeded["win"]]["pnl"], trades[seeded["win"]]["pnl_pct"]) == (40.0, 4.0)
+    assert trades[lost]["pnl"] is None
+    summary = data["summary"]
+    assert (summary["closed"], summary["wins"], summary["losses"], summary["draws"]) == (4, 2, 1, 0)
+    assert summary["win_rate"] == round(2 / 3, 4) and summary["realized_pnl"] == 5.0
+    assert summary["realized_unknown"] == 1
+    assert "unknown" in (out / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("market", ["US", "HK"])
+@pytest.mark.parametrize("bad, says", [("0001-01-01", "before the first"), ("1999-12-31", "before the first"),
+                                       ("20261204", "is not a date"), ("2026-W49-5", "is not a date")])
+def test_a_date_out_of_the_calendar_or_not_yyyy_mm_dd_is_one_line(seeded, tmp_path, monkeypatch, market, bad, says):
+    from catalyst.runtime import reset_runtime
+
+    monkeypatch.setenv("CATALYST_MARKET", market)
+    reset_runtime()
+    result = cli("report", "--date", bad, "--out", str(tmp_path / "never"))
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: --date") and says in lines[0], result.output
+    assert not (tmp_path / "never").exists()
