@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import queue
 import re
@@ -24,7 +25,8 @@ from datetime import UTC, datetime
 import structlog
 
 _SECRET_KEY = re.compile(r"(secret|api_key|apikey|password|token|authorization|basic_auth)", re.I)
-_SECRET_VALUE = re.compile(r"(sk-ant-[\w-]+|(?<=://)[^:/@\s]+:[^@/\s]+(?=@))")
+_SECRET_VALUE = re.compile(r"(sk-ant-[\w-]+|(?<=://)[^:/@\s]*:[^@/\s]+(?=@))")  # redis://:pw@host too
+_SECRET_QUERY = re.compile(r"(?i)\b(api_?key|token|secret|password)=[^&\s]+")  # ?apikey=...&token=...
 _MIN_SECRET_LENGTH = 6  # shorter "secrets" would mask ordinary words everywhere
 _known_secrets: tuple[str, ...] = ()
 _ROOT_HANDLER_NAME = "catalyst-structlog"
@@ -64,21 +66,32 @@ def _scrub_text(text: str) -> str:
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, "***")
-    return _SECRET_VALUE.sub("***", text)
+    return _SECRET_QUERY.sub(r"\1=***", _SECRET_VALUE.sub("***", text))
+
+
+def _text(value) -> str:
+    """``str(value)``, bytes decoded, and never an error (a driver's exception may fail to render)."""
+    try:
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value).decode(errors="replace")
+        return str(value)
+    except Exception:  # noqa: BLE001 - the line must still go out
+        return f"<{type(value).__name__}>"
 
 
 def _scrub(value, depth: int = 0):
-    """Mask secrets in a value, descending into dicts and lists (a context dict must not smuggle a key out)."""
+    """Mask secrets in a value, descending into dicts, lists, tuples and sets (a context value must not smuggle a
+    key out). Anything else becomes text first: renderers would stringify it after redaction, secrets and all."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
     if isinstance(value, str):
         return _scrub_text(value)
-    if depth > 4:
-        return value
-    if isinstance(value, dict):
+    if depth <= 4 and isinstance(value, dict):
         return {k: "***" if isinstance(k, str) and _SECRET_KEY.search(k) else _scrub(v, depth + 1)
                 for k, v in value.items()}
-    if isinstance(value, list):  # not tuples: exc_info is one, and stays as it is
+    if depth <= 4 and isinstance(value, (list, tuple, set, frozenset)):
         return [_scrub(v, depth + 1) for v in value]
-    return value
+    return _scrub_text(_text(value))
 
 
 def redact(_logger, _method, event_dict: dict) -> dict:
@@ -104,12 +117,32 @@ EXIT_FLUSH_SECONDS = 2.0
 log = structlog.get_logger("catalyst.logs")
 
 
+def _storable(value):
+    """A JSON value PostgreSQL accepts: no NaN/infinity (invalid JSON), no NUL character (refused in text)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _text(value).replace("\x00", "")
+
+
 def agent_log_row(method: str, event_dict: dict) -> dict:
-    """The ``agent_logs`` row for one event: level, event, service and every other key as context."""
-    context = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
-               for k, v in event_dict.items() if k not in ("event", "level", "timestamp", "service")}
-    return {"timestamp": datetime.now(UTC), "level": method.upper(), "event": str(event_dict.get("event"))[:64],
-            "service": event_dict.get("service"), "context": context}
+    """The ``agent_logs`` row for one event: level, event, service and every other key as context (values a
+    database would refuse are cleaned here, so one odd value cannot cost the row, or its batch)."""
+    context = {_storable(k): _storable(v) for k, v in event_dict.items()
+               if k not in ("event", "level", "timestamp", "service") and not str(k).startswith("_")}
+    service = event_dict.get("service")
+    return {"timestamp": datetime.now(UTC), "level": method.upper(),
+            "event": _storable(event_dict.get("event"))[:64],
+            "service": None if service is None else _storable(service), "context": context}
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """The database did not answer (retry the rows later), as opposed to refusing what was sent (drop the row)."""
+    from sqlalchemy import exc as sa_exc
+
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+                            ConnectionError, TimeoutError))
 
 
 class _RowStore:
@@ -129,20 +162,23 @@ class _RowStore:
             if make_url(url).get_backend_name() == "sqlite":
                 args = {"timeout": CONNECT_TIMEOUT, "check_same_thread": False}
             else:
-                args = {"connect_timeout": CONNECT_TIMEOUT, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                args = {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
                         "tcp_user_timeout": STATEMENT_TIMEOUT_MS + 2000}
             self._engine = create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True, connect_args=args)
             self._url = url
         return self._engine
 
     def write(self, rows: list[dict]) -> None:
-        from sqlalchemy import insert
+        """One transaction; its statement timeout is set inside it (poolers refuse startup ``options``, and
+        those would replace any ``options`` of DATABASE_URL's own)."""
+        from sqlalchemy import insert, text
 
         from catalyst.db.models import AgentLog
         from catalyst.settings import get_settings
 
         with self._engine_for(get_settings().sqlalchemy_url).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text(f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_MS)}"))
             conn.execute(insert(AgentLog), rows)
 
     def forget(self) -> None:
@@ -172,6 +208,8 @@ class AgentLogWriter:
         self._dropped = 0  # since the last report
         self.dropped_total = 0
         self.written_total = 0
+        self.rejected_total = 0
+        self._own_next: list[dict] = []  # a reject report, written with the next batch
 
     def submit(self, row: dict) -> bool:
         """Queue one row; False (and counted) when the queue is full. Never blocks."""
@@ -197,9 +235,10 @@ class AgentLogWriter:
         return flushed
 
     def _ensure_started(self) -> None:
-        if self._thread is None:
+        """Start the thread, or a new one if it died (it should not: its loop catches everything)."""
+        if self._thread is None or not self._thread.is_alive():
             with self._lock:
-                if self._thread is None:
+                if self._thread is None or not self._thread.is_alive():
                     service = structlog.contextvars.get_contextvars().get("service")  # not a task's keys
                     self._thread = threading.Thread(target=self._run, args=(service,), name="agent-logs-writer",
                                                     daemon=True)
@@ -221,29 +260,66 @@ class AgentLogWriter:
         _thread_state.writer = True  # this thread's own lines are not queued: it adds their rows itself
         if service:
             structlog.contextvars.bind_contextvars(service=service)
-        batch: list[dict] = []
-        own: list[dict] = []  # the writer's own rows (outage, drops): never dropped for lack of room
-        delay, failing = self._retry[0], False
-        while not (self._stopping.is_set() and not batch and not own and self._queue.empty()):
-            batch = batch or self._next_batch()
-            if not batch and not own:
-                continue
+        self._batch: list[dict] = []
+        self._own: list[dict] = []  # the writer's own rows (outage, drops, rejects): never dropped for lack of room
+        self._delay, self._failing = self._retry[0], False
+        while not (self._stopping.is_set() and not self._batch and not self._own and self._queue.empty()):
             try:
-                self._write_rows(batch + own)
-            except Exception as exc:  # noqa: BLE001 - the database is slow or down: keep the rows, retry later
-                if not failing:
-                    failing = True
-                    own.append(self._note("agent_logs_unavailable", error=_first_line(exc),
-                                          queued=self._queue.qsize() + len(batch)))
-                if self._stopping.wait(delay):
-                    self._give_up(batch)
+                if not self._cycle():
                     return
-                delay = min(self._retry[1], delay * 2)
-                continue
-            self._done(batch)
-            self.written_total += len(batch) + len(own)
-            batch, own, delay, failing = [], [], self._retry[0], False
-            own.extend(self._drop_report())
+            except Exception:  # noqa: BLE001 - a bug or an odd error must not end the thread: the rows in hand go
+                self._give_up(self._batch)
+                self._batch, self._own = [], []
+
+    def _cycle(self) -> bool:
+        """One attempt at the rows in hand; False when the thread should end (exiting while the database is down)."""
+        self._batch = self._batch or self._next_batch()
+        if not self._batch and not self._own:
+            return True
+        rows, rejected = self._batch + self._own, 0
+        try:
+            self._write_rows(rows)
+        except Exception as exc:  # noqa: BLE001 - sorted below: an outage is retried, a refusal costs only its rows
+            if _is_outage(exc):
+                return self._wait_for_database(exc)
+            rejected = self._write_singly(rows)
+        self._done(self._batch)
+        self.written_total += len(rows) - rejected
+        self._batch, self._own, self._delay, self._failing = [], [], self._retry[0], False
+        self._own, self._own_next = self._own_next + self._drop_report(), []
+        return True
+
+    def _wait_for_database(self, exc: Exception) -> bool:
+        """The database is slow or down: keep the rows and retry after a back-off (the first time, say so)."""
+        if not self._failing:
+            self._failing = True
+            self._own.append(self._note("agent_logs_unavailable", error=_first_line(exc),
+                                        queued=self._queue.qsize() + len(self._batch)))
+        if self._stopping.wait(self._delay):
+            self._give_up(self._batch)
+            return False
+        self._delay = min(self._retry[1], self._delay * 2)
+        return True
+
+    def _write_singly(self, rows: list[dict]) -> int:
+        """The database refused the batch for its content: each row alone, so a bad row costs only itself. The
+        rows it still refuses are dropped and counted (``agent_logs_row_rejected``); an outage meanwhile is raised
+        (the whole batch is retried later: rows already written may then appear twice)."""
+        rejected, error = [], None
+        for row in rows:
+            try:
+                self._write_rows([row])
+            except Exception as exc:  # noqa: BLE001 - see above
+                if _is_outage(exc):
+                    raise
+                rejected.append(row)
+                error = exc
+        if rejected:
+            with self._lock:
+                self.rejected_total += len(rejected)
+            self._own_next = [self._note("agent_logs_row_rejected", rejected=len(rejected), error=_first_line(error),
+                                         events=sorted({str(r.get("event")) for r in rejected})[:5])]
+        return len(rejected)
 
     def _note(self, event: str, **fields) -> dict:
         """One line of the writer's own (a warning) and its agent_logs row."""
@@ -268,7 +344,7 @@ class AgentLogWriter:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
+    text = _text(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
@@ -297,7 +373,8 @@ def flush_agent_logs(timeout: float = EXIT_FLUSH_SECONDS) -> bool:
 def _after_fork_in_child() -> None:
     """A forked child (a pool process) starts its own thread on first use: the parent's did not survive the
     fork, its queued rows are the parent's to write, and its connection is the parent's socket."""
-    global _writer
+    global _writer, _write_lock
+    _write_lock = threading.Lock()  # another thread of the parent may have held it at the fork: it never returns
     _store.forget()
     if _writer is not None:
         _writer = AgentLogWriter(_store.write)
@@ -340,9 +417,27 @@ def log_format() -> str:
     return chosen
 
 
+_write_lock = threading.Lock()  # one line at a time on stderr; replaced in a forked child
+
+
+class _LineWriter:
+    """structlog's output: one write per line, under a module lock a forked child replaces (structlog's own
+    per-file lock is inherited held when another thread was mid-write at the fork, and the child then hangs)."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+
+    def msg(self, message: str) -> None:
+        with _write_lock:
+            self._file.write(message + "\n")
+            self._file.flush()
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg
+
+
 def _renderer(fmt: str):
-    if fmt == "console":
-        return structlog.dev.ConsoleRenderer(colors=False)
+    if fmt == "console":  # tracebacks arrive as redacted text; never rich's, which shows local variables
+        return structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     return structlog.processors.JSONRenderer(default=str)
 
 
@@ -362,10 +457,9 @@ def _shared_processors(fmt: str) -> list:
         add_service,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # tracebacks become text before redaction, in both formats
+        redact,
     ]
-    if fmt == "json":  # the console renderer prints tracebacks itself
-        processors.append(structlog.processors.format_exc_info)
-    processors.append(redact)
     return processors
 
 
@@ -382,21 +476,34 @@ def configure_logging(level: str = "INFO", service: str | None = None, persist: 
         processors=[*processors, _renderer(fmt)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
         # not Celery's redirected stderr; one write per line, so lines of two threads never interleave
-        logger_factory=structlog.WriteLoggerFactory(file=sys.__stderr__),
+        logger_factory=lambda *_args, stream=sys.__stderr__: _LineWriter(stream),
         cache_logger_on_first_use=False,
     )
     if service:
         structlog.contextvars.bind_contextvars(service=service)
 
 
-def route_stdlib_logging(level: str = "INFO") -> logging.Handler:
+_LIBRARY_LOGGERS = frozenset({"celery", "kombu", "billiard"})
+
+
+def persist_library_errors(logger, method: str, event_dict: dict) -> dict:
+    """Celery's, kombu's and billiard's own errors (a lost broker, a crashed pool child) go to ``agent_logs`` too."""
+    if method in ("error", "critical") and str(event_dict.get("logger", "")).split(".")[0] in _LIBRARY_LOGGERS:
+        return persist_to_agent_logs(logger, method, event_dict)
+    return event_dict
+
+
+def route_stdlib_logging(level: str = "INFO", persist: bool = True) -> logging.Handler:
     """Send every stdlib ``logging`` record (Celery, kombu, tornado, libraries) through the same redaction and
     renderer as Catalyst's events: one handler on the root logger, replacing any earlier one of ours."""
     global _known_secrets
     _known_secrets = known_secrets_from_settings()
     fmt = log_format()
+    chain = [structlog.stdlib.add_logger_name, *_shared_processors(fmt)]
+    if persist:
+        chain.append(persist_library_errors)
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors(fmt)],
+        foreign_pre_chain=chain,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _renderer(fmt)],
     )
     handler = logging.StreamHandler(sys.__stderr__)

@@ -307,3 +307,201 @@ def test_flower_access_and_app_lines_are_json_without_its_credentials(worker_env
     assert "flower-pass-8c1e77" not in text
     assert not [line for line in text.splitlines() if line.startswith("[I ") or line.startswith("[W ")], \
         "tornado's own format"
+
+
+# --- defects from the review: one bad row, a fork mid-write, redaction holes, a dying writer, Celery's errors -------
+
+def test_one_unstorable_value_does_not_stop_later_rows_reaching_agent_logs(pg_url):
+    """A NaN (invalid JSON for PostgreSQL) or a NUL character in one warning used to fail the batch forever."""
+    store = logs._RowStore()
+    writer = logs.AgentLogWriter(store.write, retry_min=0.05, retry_max=0.2)
+    try:
+        with environment({"DATABASE_URL": pg_url}):
+            logs._writer, saved = writer, logs._writer
+            try:
+                logs.configure_logging("INFO", "worker")
+                log = structlog.get_logger("test")
+                log.warning("odd_value", value=float("nan"), ratio=float("inf"), name="a\x00b")
+                log.warning("odd\x00event", n=1)
+                for i in range(3):
+                    log.warning("normal_warning", n=i)
+                assert writer.flush(30), "the writer is stuck on the bad row"
+            finally:
+                logs._writer = saved
+            rows = query(lambda s: [(r.event, r.context) for r in s.scalars(select(AgentLog).order_by(AgentLog.id))])
+    finally:
+        writer.stop(0)
+        store.forget()
+    assert [c["n"] for e, c in rows if e == "normal_warning"] == [0, 1, 2]
+    assert "oddevent" in [e for e, _ in rows]
+    (odd,) = [c for e, c in rows if e == "odd_value"]
+    assert odd["name"] == "ab" and odd["value"] in ("nan", None) and odd["ratio"] in ("inf", None)
+
+
+class _BlockingFile:
+    """A stream whose ``write`` blocks (a full pipe, a slow terminal) until the test lets it write to ``fd``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.blocking = fd, True
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def write(self, text: str) -> int:
+        if self.blocking:
+            self.entered.set()
+            self.release.wait(60)
+        return os.write(self.fd, text.encode())
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_process_forked_while_another_thread_writes_a_line_can_log(monkeypatch):
+    """A pool child forked while a thread of the parent was mid-write must not wait forever for that write."""
+    read_end, write_end = os.pipe()
+    stream = _BlockingFile(write_end)
+    monkeypatch.setattr(sys, "__stderr__", stream)
+    logs.configure_logging("INFO", "worker", persist=False)
+    writing = threading.Thread(target=lambda: structlog.get_logger("t").warning("heartbeat_slow"), daemon=True)
+    writing.start()
+    assert stream.entered.wait(30)
+    pid = os.fork()
+    if pid == 0:  # the child: log one line and exit 0; a hang is the defect
+        stream.blocking = False
+        structlog.get_logger("t").info("child_started")
+        os._exit(0)
+    try:
+        exited = None
+        for _ in range(300):  # up to 30 s, in 0.1 s steps
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                exited = code
+                break
+            threading.Event().wait(0.1)
+        if exited is None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert exited is not None and os.waitstatus_to_exitcode(exited) == 0, "the child hung on its first log line"
+        assert b"child_started" in os.read(read_end, 65536)
+    finally:
+        stream.release.set()
+        writing.join(30)
+        os.close(read_end)
+        os.close(write_end)
+
+
+REDACT = """
+import json, logging, sys, structlog
+from catalyst import logs
+rows = []
+logs._store.write = rows.extend
+logs.configure_logging("INFO", "worker")
+logs.route_stdlib_logging("INFO")
+log = structlog.get_logger("t")
+SECRET = "alpaca-secret-5b1d2e9c8f"
+log.warning("exc_obj", error=Exception("auth failed for " + SECRET))
+log.warning("a_tuple", args=(SECRET,), items={SECRET})
+log.warning("some_bytes", body=("key=" + SECRET).encode())
+log.warning("deep", ctx={"a": {"b": {"c": {"d": {"e": {"f": {"g": SECRET}}}}}}})
+log.warning("urls", redis="redis://:redis-pw-77c1a9@127.0.0.1:6379/0", api="https://x/?apikey=query-key-41d9e0&x=1")
+def failing(key=SECRET):
+    raise RuntimeError("connect failed, key " + key)
+try:
+    failing()
+except RuntimeError:
+    log.error("with_traceback", exc_info=True)
+    logging.getLogger("celery.app.trace").error("Task x raised", exc_info=True)
+    logging.getLogger("celery.worker").info("not an error: %s", "stays out of agent_logs")
+print(json.dumps(rows, default=str))
+"""
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_secrets_inside_exceptions_tuples_bytes_and_tracebacks_are_masked(log_format):
+    secrets = ["alpaca-secret-5b1d2e9c8f", "redis-pw-77c1a9", "query-key-41d9e0"]
+    env = {**os.environ, "LOG_FORMAT": log_format, "PYTHONPATH": ROOT, "ALPACA_SECRET_KEY": secrets[0]}
+    done = subprocess.run([sys.executable, "-c", REDACT], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["event"] for r in rows] == ["exc_obj", "a_tuple", "some_bytes", "deep", "urls", "with_traceback",
+                                          "Task x raised"]
+    assert "RuntimeError" in done.stderr and "connect failed" in done.stderr, "the traceback is still shown"
+    for secret in secrets:
+        assert secret not in done.stderr, f"{secret!r} in the {log_format} output"
+        assert secret not in done.stdout, f"{secret!r} in an agent_logs row"
+
+
+class _OddError(Exception):
+    """An exception a driver might raise whose text cannot even be rendered."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+def test_the_writer_survives_an_unexpected_error_and_later_rows_still_arrive(monkeypatch):
+    written: list[dict] = []
+
+    def store(rows):
+        if any(r["event"] == "strange_row" for r in rows):
+            raise _OddError()
+        written.extend(rows)
+
+    writer = logs.AgentLogWriter(store, retry_min=0.05, retry_max=0.1)
+    monkeypatch.setattr(logs, "_writer", writer)
+    logs.configure_logging("INFO", "worker")
+    log = structlog.get_logger("test")
+    log.warning("strange_row")
+    assert wait_for(lambda: writer._queue.unfinished_tasks == 0, 30, what="the strange row to be dealt with")
+    for i in range(3):
+        log.warning("later_row", n=i)
+    assert writer.flush(30)
+    assert [r["context"]["n"] for r in written if r["event"] == "later_row"] == [0, 1, 2]
+    writer.stop(0)
+
+
+def test_celery_error_records_reach_agent_logs(monkeypatch):
+    rows: list[dict] = []
+    monkeypatch.setattr(logs, "_writer", None)
+    monkeypatch.setattr(logs._store, "write", rows.extend)
+    logs.configure_logging("INFO", "worker")
+    handler = logs.route_stdlib_logging("INFO")
+    try:
+        import logging
+
+        logging.getLogger("celery.worker").error("consumer: Cannot connect to %s", "redis://:pw-5e1c0a@host:6379/0")
+        logging.getLogger("kombu.connection").critical("broker gone")
+        logging.getLogger("celery.worker").warning("a warning of Celery's: only on stderr")
+        logging.getLogger("some.library").error("not Celery's: only on stderr")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert [(r["level"], r["service"]) for r in rows] == [("ERROR", "worker"), ("CRITICAL", "worker")]
+    assert rows[0]["event"].startswith("consumer: Cannot connect to redis://") and "pw-5e1c0a" not in str(rows)
+    assert rows[0]["context"]["logger"] == "celery.worker"
+
+
+def test_an_error_inside_the_writer_loop_does_not_end_the_thread(monkeypatch):
+    """Here the drop report fails once (a bug, a broken stderr): the thread carries on with later rows."""
+    written: list[dict] = []
+    writer = logs.AgentLogWriter(written.extend)
+    report, failed = writer._drop_report, []
+
+    def failing_once():
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("unexpected")
+        return report()
+
+    monkeypatch.setattr(writer, "_drop_report", failing_once)
+    monkeypatch.setattr(logs, "_writer", writer)
+    logs.configure_logging("INFO", "worker")
+    log = structlog.get_logger("test")
+    log.warning("first_row")
+    assert wait_for(lambda: failed, 30, what="the failure")
+    for i in range(3):
+        log.warning("later_row", n=i)
+    assert writer.flush(30)
+    assert [r["event"] for r in written] == ["first_row", "later_row", "later_row", "later_row"]
+    writer.stop(0)

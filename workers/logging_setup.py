@@ -127,7 +127,7 @@ def running_flower(argv: list[str] | None = None) -> bool:
 def setup_flower_logging() -> None:
     """Before tornado parses its options: with a root handler present, tornado adds none of its own."""
     configure_logging(_level(), "flower", persist=False)  # Flower answers without the database
-    route_stdlib_logging(_level())
+    route_stdlib_logging(_level(), persist=False)
     try:
         from flower.urls import settings as flower_settings
     except ImportError:
