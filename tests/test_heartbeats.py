@@ -23,12 +23,25 @@ INTERVAL = 1.0  # CATALYST_HEARTBEAT_INTERVAL in these tests: stale after 3 s
 SATURDAY = "sim:2025-03-08T12:00:00-05:00@1"  # no session: nothing but heartbeats happens
 
 
-@pytest.fixture
-def live_env(pg_url, redis_url, tmp_path):
+KILL_INTERVAL = 2.5  # the killed-worker test: stale after 7.5 s, so a few seconds' stall on a loaded CI box is no episode
+
+
+def _live_env(pg_url, redis_url, tmp_path, interval: float):
     env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
            "CATALYST_CLOCK": SATURDAY, "CATALYST_AUTO_ENTRIES": "false",
-           "CATALYST_HEARTBEAT_INTERVAL": f"{INTERVAL:g}"}
-    with environment(env):
+           "CATALYST_HEARTBEAT_INTERVAL": f"{interval:g}"}
+    return environment(env)
+
+
+@pytest.fixture
+def live_env(pg_url, redis_url, tmp_path):
+    with _live_env(pg_url, redis_url, tmp_path, INTERVAL) as env:
+        yield env
+
+
+@pytest.fixture
+def slow_live_env(pg_url, redis_url, tmp_path):
+    with _live_env(pg_url, redis_url, tmp_path, KILL_INTERVAL) as env:
         yield env
 
 
@@ -93,27 +106,34 @@ def test_a_stopped_worker_says_offline_and_status_never_calls_it_stale(live_env,
     assert (shown["status"], shown["stale"]) == ("offline", False)
 
 
-def test_a_killed_worker_goes_stale_and_the_other_worker_escalates_it_once(live_env, stack):
+def test_a_killed_worker_goes_stale_and_the_other_worker_escalates_it_once(slow_live_env, stack):
     """SIGKILL leaves no goodbye: after three intervals ``status --json`` says ``stale``, and the surviving
-    worker's watch raises one ``service_stale`` notification and one ``service_stale`` agent_logs warning."""
+    worker's watch raises one ``service_stale`` notification and one ``service_stale`` agent_logs warning for
+    that episode (the one that began with the victim's final heartbeat). Assertions are about that episode
+    only: a stall of the loaded test machine may make some process briefly stale, which is a different one."""
     victim, service = start_worker(stack, "victim", concurrency=1)
     _, watcher = start_worker(stack, "watcher", pool="solo")
     assert service_in_status(service)["status"] == "online"
     victim.kill()
-    shown = wait_for(lambda: (s := service_in_status(service))["stale"] and s, 60, what=f"{service} stale in status")
+    wait_exit(victim, service)
+    shown = wait_for(lambda: (s := service_in_status(service))["stale"] and s, 90, what=f"{service} stale in status")
     assert shown["status"] == "stale" and shown["reported_status"] == "online"
-    assert shown["age_seconds"] >= 3 * INTERVAL  # (rounded to 0.1 s)
-    wait_for(lambda: rows(AgentLog, AgentLog.event == "service_stale"), 60, what="the service_stale agent_logs row")
-    time.sleep(5 * INTERVAL)  # five more watch rounds: still one of each (one per episode)
-    alerts = rows(Notification, Notification.event == "service_stale")
-    assert [n.context["service"] for n in alerts] == [service]
-    (logged,) = rows(AgentLog, AgentLog.event == "service_stale")
-    last = health(service).last_heartbeat
+    assert shown["age_seconds"] >= 3 * KILL_INTERVAL  # (rounded to 0.1 s)
+    last = health(service).last_heartbeat  # the victim's final heartbeat: it is dead, so this never changes
+
+    def episode(model):
+        return [r for r in rows(model, model.event == "service_stale")
+                if r.context["service"] == service and r.context["last_heartbeat"] == last.isoformat()]
+
+    wait_for(lambda: episode(AgentLog), 90, what="the service_stale agent_logs row")
+    time.sleep(3 * KILL_INTERVAL)  # three more watch rounds: still one of each for this episode
+    (alert,) = episode(Notification)
+    (logged,) = episode(AgentLog)
+    assert health(service).last_heartbeat == last
     assert logged.level == "WARNING" and logged.service == service
-    assert logged.context["last_heartbeat"] == last.isoformat()
-    assert logged.context["age_seconds"] >= 3 * INTERVAL and logged.context["kind"] == "worker"
-    assert logged.context["notification_id"] == alerts[0].id
-    assert service_in_status(watcher)["status"] == "online"  # the watcher itself was never stale
+    assert logged.context["age_seconds"] >= 3 * KILL_INTERVAL and logged.context["kind"] == "worker"
+    assert logged.context["notification_id"] == alert.id
+    assert service_in_status(watcher)["status"] == "online"  # the watcher is alive (now; a stall is not a death)
 
 
 # -- beat ------------------------------------------------------------------------------------------------------

@@ -4,13 +4,14 @@ alert watch, which looks at those rows from a worker (never from beat) at all ho
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import and_, update
 from sqlalchemy.exc import IntegrityError
 
 from catalyst import leases
@@ -24,23 +25,37 @@ log = structlog.get_logger("catalyst.heartbeat")
 def beat_heart(service: str, *, kind: str, status: str, reset: bool = False, url: str | None = None,
                **details) -> None:
     """Upsert this service's row; ``reset`` starts its counters afresh (a new process); ``url``: which
-    database (default: the configured one)."""
+    database (default: the configured one).
+
+    Anything but ``offline`` leaves a row alone that this same process (hostname and pid) already said
+    ``offline`` about: a periodic heartbeat that was in flight during the goodbye lands after it and must not
+    bring the row back to life (it would go stale and page someone). The condition is in the UPDATE itself,
+    so it holds however the two writes interleave. A new process of the same name has another pid."""
     now = datetime.now(UTC)
-    values = {"status": status, "last_heartbeat": now, "hostname": socket.gethostname(), "pid": os.getpid(),
-              "kind": kind}
+    hostname, pid = socket.gethostname(), os.getpid()
+    values = {"status": status, "last_heartbeat": now, "hostname": hostname, "pid": pid, "kind": kind}
     if details:
         values["details"] = details
     if reset:
         values.update({name: 0 for name in COUNTERS}, started_at=now)
-    with session_scope(url) as s:
-        if s.execute(update(ServiceHealth).where(ServiceHealth.service_name == service).values(**values)).rowcount:
-            return
+    if _update_row(service, values, url):
+        return
     try:
         with session_scope(url) as s:
             values.setdefault("started_at", now)
             s.add(ServiceHealth(service_name=service, **values))
-    except IntegrityError:
-        beat_heart(service, kind=kind, status=status, url=url, **details)
+    except IntegrityError:  # the row exists after all (created meanwhile, or our own goodbye): update it if allowed
+        _update_row(service, values, url)
+
+
+def _update_row(service: str, values: dict, url: str | None) -> bool:
+    """The conditional UPDATE of :func:`beat_heart`; False when no row was changed."""
+    where = [ServiceHealth.service_name == service]
+    if values["status"] != "offline":
+        where.append(~and_(ServiceHealth.status == "offline", ServiceHealth.hostname == values["hostname"],
+                           ServiceHealth.pid == values["pid"]))
+    with session_scope(url) as s:
+        return bool(s.execute(update(ServiceHealth).where(*where).values(**values)).rowcount)
 
 
 class HeartbeatThread(threading.Thread):
@@ -70,7 +85,7 @@ class HeartbeatThread(threading.Thread):
             self.join(wait)
 
 
-GOODBYE_WAIT = 5.0  # seconds a goodbye waits for a heartbeat in flight (a hung database must not hold up the exit)
+GOODBYE_WAIT = 5.0  # seconds an exit waits for its goodbye (a hung database must not hold up the exit)
 
 
 class Goodbye:
@@ -88,30 +103,82 @@ class Goodbye:
         self.heartbeat, self.others = heartbeat, others
         self.url = url  # the database the heartbeat went to, whatever the process's settings say by its exit
         self.pid = os.getpid()
-        self._said = False
+        self._said = False  # set only once ``offline`` was written: a failed goodbye is tried again at exit
         self._lock = threading.Lock()
+        self._saying: threading.Thread | None = None
 
     def __call__(self, how: str = "shutdown") -> bool:
-        """Stop the threads, then write ``offline``; True if this call said it."""
+        """Say ``offline`` (then stop the other threads), waiting at most ``GOODBYE_WAIT`` seconds; True if
+        this call said it.
+
+        The writes run in a daemon thread: a database that accepts connections and never answers (a hung
+        PostgreSQL, a dead proxy) must not hold up the process's exit. While an earlier goodbye is still
+        hanging, a second one waits for it again rather than starting another. At interpreter shutdown (the
+        ``atexit`` hook of a cold shutdown) Python starts no new thread, so that goodbye runs inline."""
         if os.getpid() != self.pid:
             return False
         with self._lock:
             if self._said:
                 return False
+            saying = self._saying
+            if saying is None or not saying.is_alive():
+                said = threading.Event()
+                saying = threading.Thread(target=self._say, args=(how, said), name="goodbye", daemon=True)
+                self._saying = saying
+                try:
+                    saying.start()
+                except RuntimeError:  # an atexit hook (a cold shutdown): Python 3.12 starts no thread now
+                    self._saying = None
+                    _within(GOODBYE_WAIT, lambda: self._say(how, said))  # inline, bounded by a timer signal
+                    return said.is_set()
+            else:
+                said = None
+        saying.join(GOODBYE_WAIT)
+        if saying.is_alive():
+            log.warning("goodbye_timed_out", service=self.heartbeat.service, how=how, waited=GOODBYE_WAIT)
+        return said is not None and said.is_set()
+
+    def _say(self, how: str, said: threading.Event) -> None:
+        """Offline first (what matters most), then hand over the other threads' leases."""
+        self.heartbeat.stop()  # a beat still in flight cannot undo this: see beat_heart
+        try:
+            beat_heart(self.heartbeat.service, kind=self.heartbeat.kind, status="offline", url=self.url)
+        except Exception as exc:  # noqa: BLE001 - the database is away: the row goes stale unless a later call says it
+            log.warning("goodbye_failed", service=self.heartbeat.service, how=how, error=type(exc).__name__)
+        else:
             self._said = True
+            said.set()
+            log.info("service_offline", service=self.heartbeat.service, kind=self.heartbeat.kind, how=how)
         for other in self.others:
             try:
                 other.stop()
             except Exception:  # noqa: BLE001 - going away regardless
                 pass
-        self.heartbeat.stop(wait=GOODBYE_WAIT)
-        try:
-            beat_heart(self.heartbeat.service, kind=self.heartbeat.kind, status="offline", url=self.url)
-        except Exception as exc:  # noqa: BLE001 - the database is away: the row goes stale instead
-            log.warning("goodbye_failed", service=self.heartbeat.service, how=how, error=type(exc).__name__)
-            return False
-        log.info("service_offline", service=self.heartbeat.service, kind=self.heartbeat.kind, how=how)
-        return True
+
+
+class _Overdue(BaseException):
+    """Raised by the timer signal into a goodbye that outlived its wait (not an Exception: nothing swallows it)."""
+
+
+def _within(seconds: float, fn) -> None:
+    """Run ``fn`` on this thread for at most ``seconds``: a SIGALRM timer interrupts a hung database call
+    (psycopg waits in Python, so the handler runs). Off the main thread no timer can be set: run as is."""
+    if threading.current_thread() is not threading.main_thread():
+        fn()
+        return
+
+    def overdue(_signum, _frame):
+        raise _Overdue()
+
+    previous = signal.signal(signal.SIGALRM, overdue)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        fn()
+    except _Overdue:
+        log.warning("goodbye_timed_out", waited=seconds, how="inline")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 ALERT_WATCH_LEASE = "alert-watch"

@@ -97,17 +97,22 @@ def _due_slot(cal, row: ScheduleEntry, now: datetime) -> tuple[datetime | None, 
 
 
 def _exit_on_sigquit() -> None:
-    """SIGQUIT ends beat like SIGTERM and SIGINT do (Celery's beat installs those two only; SIGQUIT's default
-    action would kill it without ``close()``, leaving its row "active" to go stale). Beat's loop turns the
-    ``SystemExit`` into a normal stop: ``close()`` releases the lease and says ``offline``. Only from the main
-    thread (an embedded ``worker -B`` beat runs in a thread, and the worker owns its signals)."""
+    """SIGTERM, SIGINT and SIGQUIT end beat by raising ``SystemExit`` where it is; beat's loop turns that into
+    a normal stop, whose ``close()`` releases the lease and says ``offline``.
+
+    SIGQUIT: Celery's beat handles only SIGTERM and SIGINT; SIGQUIT's default action would kill it without
+    ``close()``, leaving its row "active" to go stale. SIGTERM and SIGINT: Celery's own handler runs
+    ``service.sync()`` (our ``close()``) inside the signal handler, so a signal landing between a lease
+    UPDATE and its COMMIT had ``close()`` wait forever on the row lock its own interrupted transaction
+    holds. ``setup_schedule`` runs after Celery installs that handler, so this one replaces it. Only from
+    the main thread (an embedded ``worker -B`` beat runs in a thread, and the worker owns its signals)."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def _quit(signum, frame):
         raise SystemExit()
 
-    platforms.signals["SIGQUIT"] = _quit
+    platforms.signals.update(SIGTERM=_quit, SIGINT=_quit, SIGQUIT=_quit)
 
 
 class CatalystScheduler(Scheduler):
@@ -276,6 +281,9 @@ class CatalystScheduler(Scheduler):
             raise
         if not claimed:
             return None
+        # Until the send returns, the claim is one to hand back: a stop signal's SystemExit (which no handler
+        # below catches) leaves it here, and close() releases it so that the next beat sends the slot.
+        self._unreleased[claim.entry] = claim
         try:
             self._send(row, slot)
         except Exception as exc:  # noqa: BLE001 - whatever the broker raised, the slot must not be lost
@@ -284,6 +292,7 @@ class CatalystScheduler(Scheduler):
             self._last_send_error = exc
             self._release(claim)
             return False if is_connection_error(exc) else None  # only a connection error says Redis is away
+        self._unreleased.pop(claim.entry, None)
         log.info("schedule_slot_sent", entry=row.name, task=row.task, slot=slot.isoformat(), fence=self.token)
         return True
 
