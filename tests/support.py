@@ -265,3 +265,22 @@ def queued_messages(redis_url: str, queue: str) -> list[dict]:
 
     client = redis.Redis.from_url(redis_url)
     return [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+
+
+@contextmanager
+def producer(redis_url: str):
+    """A Celery app to send tasks to real workers on ``redis_url``, routed as in production.
+
+    Never the process-wide ``catalyst.celery.app``: it is configured once, from whatever environment
+    the first test that imported it had (possibly the embedded broker under a temporary directory
+    that is gone by now)."""
+    import celeryconfig
+    from celery import Celery
+
+    app = Celery("catalyst-test-producer", set_as_current=False)
+    app.config_from_object(celeryconfig)
+    app.conf.update(broker_url=redis_url, broker_transport=None, broker_transport_options={"visibility_timeout": 600})
+    try:
+        yield app
+    finally:
+        app.close()

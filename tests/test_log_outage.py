@@ -17,7 +17,7 @@ from sqlalchemy import select
 from catalyst.db.engine import dispose_all
 from catalyst.db.models import AgentLog, Decision
 from tests.private_servers import PrivatePostgres
-from tests.support import environment, query, wait_for, write_replay_csv
+from tests.support import environment, producer, query, wait_for, write_replay_csv
 from tests.test_e2e_loop import SESSION_OPEN, cli
 from tests.test_logs import json_lines
 
@@ -79,7 +79,8 @@ def test_a_worker_keeps_monitoring_through_a_10_second_postgres_outage_and_its_l
         private_pg.stop()
         down = datetime.now(timezone.utc)
         # Checks sent while the database is down: each must end (failed) instead of hanging on its own error lines.
-        during = [monitor_position.apply_async(args=[position_id]).id for _ in range(3)]
+        with producer(redis_url) as app:
+            during = [app.send_task(monitor_position.name, args=[position_id]).id for _ in range(3)]
         time.sleep(OUTAGE)
         ended_while_down = {t: outcome(worker.log_text(), t) for t in during}
         assert worker.alive() and beat.alive(), "a PostgreSQL outage ended a process:\n" + stack.logs()

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from catalyst import logs
 from catalyst.db.models import AgentLog
 from tests.private_servers import free_port
-from tests.support import environment, query, seed_position, wait_for
+from tests.support import environment, producer, query, seed_position, wait_for
 from tests.test_e2e_loop import base_env, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,10 +232,11 @@ def test_every_line_a_task_logs_carries_its_id_worker_and_position_and_nothing_l
 
     position_id = seed_position("TEST", 100.0, get_runtime().clock.now())
     worker = stack.worker(name="logs", concurrency=1)
-    sent = [monitor_position.apply_async(args=[position_id]).id,
-            monitor_position.apply_async(kwargs={"position_id": str(position_id)}).id,
-            evaluate_candidates.apply_async(args=[424242]).id,  # no such cycle: rejected, with its cycle id
-            heartbeat.apply_async().id]
+    with producer(os.environ["REDIS_URL"]) as app:
+        sent = [app.send_task(monitor_position.name, args=[position_id]).id,
+                app.send_task(monitor_position.name, kwargs={"position_id": str(position_id)}).id,
+                app.send_task(evaluate_candidates.name, args=[424242]).id,  # no such cycle: rejected, with its cycle id
+                app.send_task(heartbeat.name).id]
     lines = wait_for(lambda: (found := json_lines(worker.log_text())) and all(finished(found, t) for t in sent)
                      and found, 120, what="every task to finish:\n" + worker.log_text()[-3000:])
 
