@@ -44,6 +44,19 @@ def redis_url():
 
 
 @pytest.fixture
+def private_pg():
+    """A PostgreSQL cluster of the test's own (outage drills stop and start it; never the shared server)."""
+    from catalyst.db.engine import dispose_all
+    from tests.private_servers import PrivatePostgres
+
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    dispose_all()
+    server.close()
+
+
+@pytest.fixture
 def stack(tmp_path, request):
     s = support.Stack(tmp_path / "logs")
     yield s

@@ -22,7 +22,7 @@ from catalyst.db.engine import dispose_all
 from catalyst.db.models import Decision, Order, PaperOrder, Position
 from catalyst.runtime import build_clock
 from catalyst.settings import get_settings
-from tests.private_servers import PrivatePostgres, PrivateRedis
+from tests.private_servers import PrivateRedis
 from tests.support import environment, query, wait_for, write_replay_csv
 from tests.test_e2e_loop import SESSION_OPEN, base_env, cli
 
@@ -40,15 +40,6 @@ def private_redis():
     server = PrivateRedis()
     server.start()
     yield server
-    server.close()
-
-
-@pytest.fixture
-def private_pg():
-    server = PrivatePostgres()
-    server.start()
-    yield server
-    dispose_all()
     server.close()
 
 

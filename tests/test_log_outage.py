@@ -16,7 +16,6 @@ from sqlalchemy import select
 
 from catalyst.db.engine import dispose_all
 from catalyst.db.models import AgentLog, Decision
-from tests.private_servers import PrivatePostgres
 from tests.support import environment, producer, query, wait_for, write_replay_csv
 from tests.test_e2e_loop import SESSION_OPEN, cli
 from tests.test_logs import json_lines
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.e2e
 SPEED = 5
 INTERVAL = 10  # market seconds between checks: 2 wall seconds
 OUTAGE = 10  # wall seconds
-
-
-@pytest.fixture
-def private_pg():
-    server = PrivatePostgres()
-    server.start()
-    yield server
-    dispose_all()
-    server.close()
 
 
 def outage_env(tmp_path, database_url: str, redis_url: str) -> dict[str, str]:
