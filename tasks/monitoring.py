@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import structlog
 
-from catalyst import leases, task_args
+from catalyst import task_args
 from catalyst.celery import app
 from catalyst.brokers.base import BrokerError
 from catalyst.monitor import check_position
+from catalyst.monitor_lock import check_lock
 from catalyst.orders import OrderPending
 from catalyst.positions import execute_exit
 from catalyst.runtime import get_runtime
@@ -23,16 +24,14 @@ def monitor_position(self, position_id: int, slot: str | None = None) -> str:
     slot_at = task_args.slot(slot)
     rt = get_runtime()
     holder = self.request.id or f"local-{id(self)}"
-    name = f"monitor:{position_id}"
-    # Long enough to cover one check, short enough that a crashed check blocks at most a few slots.
+    # SQLite's stand-in lease: long enough to cover one check, short enough that a crashed check blocks at most a
+    # few slots. (PostgreSQL's advisory lock needs no TTL: it ends with the check or with the worker's session.)
     ttl = min(60.0, max(5.0, rt.clock.wall_seconds(rt.settings.monitor_check_interval)))
-    if leases.acquire(name, holder, ttl) is None:
-        log.info("monitor_skipped", position_id=position_id, reason="check_in_progress")
-        return "skipped"
-    try:
+    with check_lock(position_id, holder=holder, ttl=ttl) as held:
+        if not held:
+            log.info("monitor_skipped", position_id=position_id, reason="check_in_progress")
+            return "skipped"
         outcome = check_position(rt, position_id, worker=self.request.hostname, slot=slot_at)
-    finally:
-        leases.release(name, holder)
     if outcome.needs_exit_task:
         exit_position.apply_async(args=[position_id])
     return outcome.action

@@ -1,0 +1,139 @@
+"""One check of a position at a time, for the price of two statements and no transaction.
+
+On PostgreSQL a check holds a session-level advisory lock, ``pg_try_advisory_lock(LOCK_CLASS, position_id)``, on
+a pooled connection of its own in autocommit mode: one round trip to take it, one to give it back, no row written
+and no BEGIN/COMMIT. A worker that dies mid-check loses its connection and PostgreSQL ends the lock with the
+session, so the next check runs at once instead of after a lease's TTL.
+
+On SQLite (the embedded default, one machine) there are no advisory locks: the check keeps the expiring lease in
+the ``leases`` table (:mod:`catalyst.leases`), which is atomic there too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import structlog
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from catalyst import leases
+from catalyst.db.engine import CONNECT_TIMEOUT, get_engine
+
+log = structlog.get_logger("catalyst.monitor_lock")
+
+# The advisory-lock namespace of monitor checks: the first key of PostgreSQL's two-int4 lock form, so a position id
+# (the second key) can never collide with another feature's advisory lock. b"MONL" read as a big-endian int32.
+LOCK_CLASS = 1297043020
+INT4_MAX = 2**31 - 1
+
+_TRY = text("SELECT pg_try_advisory_lock(:cls, :key)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:cls, :key)")
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def lock_engine(url: str | None = None) -> Engine:
+    """This process's pool of lock connections to the database of ``get_engine(url)``.
+
+    Separate from the main pool because it is set up differently: autocommit (a session lock needs no
+    transaction), and no pre-ping (a ``SELECT 1`` per checkout would add a third round trip; a dead connection is
+    instead retried once on a fresh one, see :func:`_take`). Keyed by pid so a forked child never shares a socket.
+    """
+    base = get_engine(url)
+    key = (os.getpid(), base.url.render_as_string(hide_password=False))
+    with _lock:
+        if key not in _engines:
+            _engines[key] = create_engine(
+                base.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_recycle=1800, pool_size=2,
+                max_overflow=10,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 10,
+                              "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000})
+        return _engines[key]
+
+
+def _forget_inherited_pools() -> None:
+    """In a forked child, drop the parent's lock connections without closing them: they are the parent's
+    sessions (and its locks), and a child closing them would end the parent's locks."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+        _engines.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_pools)
+
+
+@contextmanager
+def check_lock(position_id: int, holder: str | None = None, ttl: float = 60.0) -> Iterator[bool]:
+    """Yields True while this caller alone checks ``position_id``, False if another check holds it.
+
+    ``holder`` and ``ttl`` only matter on SQLite, where the lease they name stands in for the advisory lock.
+    """
+    if get_engine().dialect.name != "postgresql":
+        with _lease(position_id, holder or f"local-{uuid.uuid4().hex}", ttl) as held:
+            yield held
+        return
+    if not 0 < position_id <= INT4_MAX:
+        raise ValueError(f"position id {position_id} does not fit an advisory lock key")
+    conn = _take(position_id)
+    if conn is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _give_back(conn, position_id)
+
+
+def _take(position_id: int):
+    """The connection now holding the lock, or None if another session holds it (the connection is returned)."""
+    engine = lock_engine()
+    for attempt in (1, 2):
+        conn = engine.connect()
+        try:
+            held = conn.execute(_TRY, {"cls": LOCK_CLASS, "key": position_id}).scalar()
+        except DBAPIError as exc:
+            conn.close()
+            # A pooled connection the server dropped (restart, failover): once more on a new one.
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+            log.info("monitor_lock_reconnect", position_id=position_id)
+            continue
+        if held:
+            return conn
+        conn.close()
+        return None
+    raise AssertionError("unreachable")
+
+
+def _give_back(conn, position_id: int) -> None:
+    """Unlock and return the connection; if that fails, end the session, which ends its lock."""
+    try:
+        released = conn.execute(_UNLOCK, {"cls": LOCK_CLASS, "key": position_id}).scalar()
+        if not released:
+            raise RuntimeError("advisory lock was not held at release")
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the lock must not outlive the check
+        log.warning("monitor_lock_release_failed", position_id=position_id, error_type=type(exc).__name__)
+        conn.invalidate()
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _lease(position_id: int, holder: str, ttl: float) -> Iterator[bool]:
+    name = f"monitor:{position_id}"
+    if leases.acquire(name, holder, ttl) is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        leases.release(name, holder)
