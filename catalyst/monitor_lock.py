@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import structlog
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -31,6 +31,8 @@ log = structlog.get_logger("catalyst.monitor_lock")
 # (the second key) can never collide with another feature's advisory lock. b"MONL" read as a big-endian int32.
 LOCK_CLASS = 1297043020
 INT4_MAX = 2**31 - 1
+# Server-side TCP keepalive of a lock session: idle s, interval s, count, user timeout ms (about 25-30 s to notice).
+SERVER_KEEPALIVE = (10, 5, 3, 30_000)
 
 _TRY = text("SELECT pg_try_advisory_lock(:cls, :key)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:cls, :key)")
@@ -50,21 +52,36 @@ def lock_engine(url: str | None = None) -> Engine:
     key = (os.getpid(), base.url.render_as_string(hide_password=False))
     with _lock:
         if key not in _engines:
-            _engines[key] = create_engine(
+            engine = create_engine(
                 base.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_recycle=1800, pool_size=2,
                 max_overflow=10,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 10,
                               "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000})
+            event.listen(engine, "connect", _server_side_keepalives)
+            _engines[key] = engine
         return _engines[key]
+
+
+def _server_side_keepalives(dbapi_conn, _record) -> None:
+    """The server, not only the client, notices a worker host that died or was cut off: otherwise PostgreSQL keeps
+    the dead session, and the position's lock, for its own keepalive default (about two hours), and every check of
+    that position is skipped meanwhile. Set once per new connection, as session settings (not a startup
+    ``options`` parameter, which poolers refuse)."""
+    with dbapi_conn.cursor() as cur:
+        cur.execute(f"SET tcp_keepalives_idle = {SERVER_KEEPALIVE[0]}; SET tcp_keepalives_interval = "
+                    f"{SERVER_KEEPALIVE[1]}; SET tcp_keepalives_count = {SERVER_KEEPALIVE[2]}; "
+                    f"SET tcp_user_timeout = {SERVER_KEEPALIVE[3]}")
 
 
 def _forget_inherited_pools() -> None:
     """In a forked child, drop the parent's lock connections without closing them: they are the parent's
-    sessions (and its locks), and a child closing them would end the parent's locks."""
-    with _lock:
-        for engine in _engines.values():
-            engine.dispose(close=False)
-        _engines.clear()
+    sessions (and its locks), and a child closing them would end the parent's locks. The module lock is
+    replaced, not taken: another thread of the parent may have held it at the fork."""
+    global _lock
+    _lock = threading.Lock()
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+    _engines.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -107,6 +124,10 @@ def _take(position_id: int):
                 raise
             log.info("monitor_lock_reconnect", position_id=position_id)
             continue
+        except BaseException:  # a time limit or an interrupt: the lock may have been granted; end the session
+            conn.invalidate()
+            conn.close()
+            raise
         if held:
             return conn
         conn.close()
@@ -120,9 +141,11 @@ def _give_back(conn, position_id: int) -> None:
         released = conn.execute(_UNLOCK, {"cls": LOCK_CLASS, "key": position_id}).scalar()
         if not released:
             raise RuntimeError("advisory lock was not held at release")
-    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the lock must not outlive the check
+    except BaseException as exc:  # noqa: BLE001 - whatever went wrong, the lock must not outlive the check
         log.warning("monitor_lock_release_failed", position_id=position_id, error_type=type(exc).__name__)
         conn.invalidate()
+        if not isinstance(exc, Exception):
+            raise
     finally:
         conn.close()
 

@@ -222,3 +222,49 @@ def test_a_held_lock_is_released_even_when_the_check_fails(pg_url):
                 raise RuntimeError("check blew up")
         with check_lock(9) as held:
             assert held is True
+
+
+def held_by_anyone(pg_url: str, key: int) -> bool:
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        return bool(admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s "
+                                  "AND granted", (key,)).fetchone()[0])
+
+
+def test_the_server_notices_a_dead_worker_host_within_seconds_not_hours(pg_url):
+    """PostgreSQL's own keepalive (about two hours by default) would keep a vanished host's session, and its
+    lock: every check of that position would be skipped meanwhile. Lock sessions set the server side too."""
+    from catalyst.monitor_lock import SERVER_KEEPALIVE, check_lock, lock_engine
+
+    with environment({"DATABASE_URL": pg_url}):
+        with check_lock(3) as held:
+            assert held
+            with lock_engine().connect() as conn:
+                shown = [conn.exec_driver_sql(f"SHOW {name}").scalar() for name in
+                         ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout")]
+    assert shown == [str(v) for v in SERVER_KEEPALIVE] == ["10", "5", "3", "30000"]
+
+
+def test_an_interrupt_right_after_the_lock_was_granted_ends_the_session_and_the_lock(pg_url, monkeypatch):
+    """A time limit or an interrupt that lands once the server granted the lock must not leave it held by a
+    pooled connection (returning a connection to the pool does not release a session's advisory locks)."""
+    from sqlalchemy.engine import Connection
+
+    from catalyst.monitor_lock import check_lock
+
+    real_execute = Connection.execute
+
+    def execute_then_interrupt(self, statement, *args, **kwargs):
+        result = real_execute(self, statement, *args, **kwargs)
+        if "pg_try_advisory_lock" in str(statement):
+            raise KeyboardInterrupt  # after the server said yes
+        return result
+
+    with environment({"DATABASE_URL": pg_url}):
+        monkeypatch.setattr(Connection, "execute", execute_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            with check_lock(7):
+                pass
+        monkeypatch.setattr(Connection, "execute", real_execute)
+        wait_for(lambda: not held_by_anyone(pg_url, 7), 30, what="the interrupted lock to end with its session")
+        with check_lock(7) as held:
+            assert held is True
