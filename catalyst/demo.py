@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from catalyst.db.engine import dispose_all, session_scope, upgrade
-from catalyst.db.models import Decision, Notification, Position, ServiceHealth, TradingCycle
+from catalyst.db.models import Decision, Notification, Position, PositionMonitorStatus, ServiceHealth, TradingCycle
 from catalyst.core.domain import BadInput
 from catalyst.processes import spawn_beat, spawn_worker
 from catalyst.reports import entries_table, funnel_table, notifications_table, table, trades_table
@@ -204,7 +204,7 @@ def _watch(rt, session, procs, tz, wall_start) -> int:
         with session_scope() as s:
             open_n = s.scalar(select(func.count()).select_from(Position).where(Position.status != "closed"))
             closed = s.scalars(select(Position).where(Position.status == "closed")).all()
-            checks = s.scalar(select(func.count()).select_from(Decision).where(Decision.kind == "monitor"))
+            checks = s.scalar(select(func.coalesce(func.sum(PositionMonitorStatus.checks), 0)))
         pnl = sum(p.realized_pnl or 0 for p in closed)
         line = (f"{now.astimezone(tz):%H:%M} New York | open positions {open_n} | exits {len(closed)} | "
                 f"monitor checks {checks} | realized P&L {pnl:+,.2f} | wall {time.monotonic() - wall_start:5.1f}s")

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from catalyst.db.models import AdvisorUsage, Decision, Position, PositionMonitorStatus, ServiceHealth, TradingState
+from catalyst.db.models import AdvisorUsage, Position, PositionMonitorStatus, ServiceHealth, TradingState
 from catalyst.records import COUNTERS
 
 log = structlog.get_logger("catalyst.metrics")
@@ -366,17 +366,18 @@ def _by_reason(rows: Iterable[tuple[str | None, int]]) -> list[tuple[str, int]]:
 
 
 def monitor_families(conn: Connection, m: Moment) -> list[Metric]:
-    """How much monitoring happens (checks in the last wall minute) and how far behind it is (clock time
-    since the least recently checked open position was checked, or opened if never checked)."""
-    checked = conn.scalar(select(func.count()).select_from(Decision)
-                          .where(Decision.kind == "monitor", Decision.recorded_at >= m.wall_now - CHECKED_WINDOW))
+    """How much monitoring happens (positions checked in the last wall minute, from their status rows: a plain
+    hold writes no decision row) and how far behind it is (clock time since the least recently checked open
+    position was checked, or opened if never checked)."""
+    checked = conn.scalar(select(func.count()).select_from(PositionMonitorStatus)
+                          .where(PositionMonitorStatus.updated_at >= m.wall_now - CHECKED_WINDOW))
     last = conn.execute(select(PositionMonitorStatus.last_check_at, Position.opened_at).select_from(Position)
                         .outerjoin(PositionMonitorStatus, PositionMonitorStatus.position_id == Position.id)
                         .where(Position.status == "open")).all()
     oldest = min((checked_at or opened_at for checked_at, opened_at in last), default=None)
     lag = max(0.0, (m.market_now - oldest).total_seconds()) if oldest is not None else 0.0
     return [
-        _gauge("catalyst_positions_checked_per_minute", "Position checks recorded by every worker in the last "
+        _gauge("catalyst_positions_checked_per_minute", "Positions checked by every worker in the last "
                "minute (wall time)", checked or 0),
         _gauge("catalyst_monitor_lag_seconds", "Clock time since the least recently checked open position was "
                "checked (or opened, if never checked); 0 with no open position", lag),

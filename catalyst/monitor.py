@@ -8,6 +8,7 @@ signals and their numbers, and refreshes ``position_monitor_status``.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from catalyst import leases
-from catalyst.db.engine import session_scope
+from catalyst import leases, monitor_store
+from catalyst.db.engine import get_engine, session_scope
 from catalyst.db.models import IndicatorSnapshot, Position, PositionMonitorStatus
 from catalyst.core.exits import ExitAssessment, HeldPosition, MarketFacts, assess_exit
 from catalyst.core.indicators import compute as compute_indicators
@@ -27,7 +28,8 @@ from catalyst.leg_watch import filled_leg
 from catalyst.positions import (RECENT_VOLUME_BARS, UnknownPosition, close_with_fills, recent_volume,
                                 recorded_sell_fills, request_exit)
 from catalyst.protection import ensure_protection, raise_stop
-from catalyst.records import bump, record_decision, wall_now
+from catalyst.monitor_store import CheckDB
+from catalyst.records import count, record_decision, wall_now
 from catalyst.runtime import Runtime
 
 log = structlog.get_logger("catalyst.monitor")
@@ -64,8 +66,36 @@ def cycle_slot(rt: Runtime, now: datetime) -> datetime:
 
 
 # -- indicators, once per symbol per cycle ------------------------------------------------------------
+# This process's copy of the latest slots' snapshots, per database (an engine is one database in one process).
+_recent: dict[tuple[object, str, datetime], IndicatorSnapshot] = {}
+_recent_lock = threading.Lock()
+RECENT_SLOTS = 2
+
+
 def shared_indicators(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None) -> IndicatorSnapshot:
-    """Indicators for ``symbol`` in cycle ``slot``: the first check computes and stores them, the rest read."""
+    """Indicators for ``symbol`` in cycle ``slot``: the first check computes and stores them, the rest read
+    (each process reads a symbol's snapshot once per slot, then keeps it: snapshots never change)."""
+    key = (get_engine(), symbol, slot)
+    if (found := _recent.get(key)) is not None:
+        return found
+    snapshot = _shared_snapshot(rt, symbol, slot, now, worker)
+    if snapshot.id is not None:  # stored (not a stand-in computed while another check's computation hung)
+        _remember(key, snapshot)
+    return snapshot
+
+
+def _remember(key: tuple[object, str, datetime], snapshot: IndicatorSnapshot) -> None:
+    """Keep the snapshot; forget those of all but the latest ``RECENT_SLOTS`` slots."""
+    with _recent_lock:
+        _recent[key] = snapshot
+        slots = sorted({k[2] for k in _recent}, reverse=True)
+        if len(slots) > RECENT_SLOTS:
+            stale = set(slots[RECENT_SLOTS:])
+            for k in [k for k in _recent if k[2] in stale]:
+                del _recent[k]
+
+
+def _shared_snapshot(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None) -> IndicatorSnapshot:
     found = _snapshot(symbol, slot)
     if found is not None:
         return found
@@ -115,21 +145,24 @@ def indicator_dict(snap: IndicatorSnapshot) -> dict:
 
 
 # -- the check -----------------------------------------------------------------------------------------
-def check_position(rt: Runtime, position_id: int, worker: str | None = None,
-                   slot: datetime | None = None) -> MonitorOutcome:
-    """One monitor check; an exit decision moves the position to ``closing`` (unless dry run)."""
+def check_position(rt: Runtime, position_id: int, worker: str | None = None, slot: datetime | None = None,
+                   db: CheckDB | None = None) -> MonitorOutcome:
+    """One monitor check; an exit decision moves the position to ``closing`` (unless dry run).
+
+    ``db``: where the check's own statements go (the lock's connection, from :func:`check_lock`).
+    """
+    db = db or CheckDB()
     now = rt.clock.now()
-    with session_scope() as s:
-        position = s.get(Position, position_id)
-        if position is None:
-            raise UnknownPosition(f"unknown position id {position_id}")
-        if position.status == "closed":
-            return MonitorOutcome(position_id, "closed", position.exit_reason)
-        if position.status == "closing":
-            if position.exit_blocked_until is not None and now < position.exit_blocked_until:
-                return MonitorOutcome(position_id, "exit_blocked", position.exit_blocked_reason)
-            return MonitorOutcome(position_id, "redrive", position.exit_reason)
-        view, entry_reason = held_view(position), position.entry_reason
+    position = monitor_store.load(db, position_id)
+    if position is None:
+        raise UnknownPosition(f"unknown position id {position_id}")
+    if position.status == "closed":
+        return MonitorOutcome(position_id, "closed", position.exit_reason)
+    if position.status == "closing":
+        if position.exit_blocked_until is not None and now < position.exit_blocked_until:
+            return MonitorOutcome(position_id, "exit_blocked", position.exit_blocked_reason)
+        return MonitorOutcome(position_id, "redrive", position.exit_reason)
+    view = held_view(position)
     slot = slot or cycle_slot(rt, now)
     if rt.broker.supports_legs and (closed := _closed_by_leg(rt, position_id, view, slot, worker)) is not None:
         return closed
@@ -141,8 +174,38 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None,
     assessment = assess_exit(view, quote, now, timedelta(seconds=rt.settings.max_quote_age), rt.profile, facts)
     advice = None
     if assessment.action == "consult":
-        advice = rt.advisor.advise(_advice_request(position_id, view, assessment, snap, slot, now, entry_reason, rt))
+        advice = rt.advisor.advise(_advice_request(position_id, view, assessment, snap, slot, now,
+                                                   position.entry_reason, rt))
     exits = assessment.exits or bool(advice and advice.exit)
+    quiet = not rt.settings.monitor_record_holds and _is_quiet(assessment, advice, exits, position.last_decision)
+    if quiet and monitor_store.record_quiet_hold(
+            db, position_id=position_id, now=now, price=assessment.price, pnl_pct=assessment.pnl_pct,
+            high_watermark=assessment.high_watermark):
+        count(worker, checks=1, positions_checked=1)
+        log.info("position_checked", position_id=position_id, symbol=view.symbol, action="hold", flow="none",
+                 price=assessment.price, pnl_pct=assessment.pnl_pct, recorded="status")
+    else:
+        _record_check(rt, position_id, view, quote, snap, slot, now, facts, assessment, advice, exits, worker)
+    dry_run = rt.settings.monitor_dry_run
+    if exits and dry_run:
+        return MonitorOutcome(position_id, "exit_dry_run", assessment.reason, assessment.signals)
+    if not exits and not dry_run and assessment.price is not None and rt.broker.supports_legs:
+        _trail_broker_stop(rt, position_id, assessment)
+    if exits and request_exit(rt, position_id, assessment.reason, [sig.as_dict() for sig in assessment.signals]):
+        return MonitorOutcome(position_id, "exit", assessment.reason, assessment.signals)
+    return MonitorOutcome(position_id, "hold", assessment.reason, assessment.signals)
+
+
+def _is_quiet(a: ExitAssessment, advice, exits: bool, last_decision: str | None) -> bool:
+    """A plain hold like the last one: a price, no signal, no advice, nothing to decide. It updates the status
+    row's counters instead of adding a ``decisions`` row (at 10,000 positions, 14 M rows a day otherwise)."""
+    return (not exits and advice is None and not a.signals and a.price is not None and a.reason is None
+            and a.action == "hold" and last_decision == "hold")
+
+
+def _record_check(rt: Runtime, position_id: int, view: HeldPosition, quote, snap, slot: datetime, now: datetime,
+                  facts: MarketFacts, assessment: ExitAssessment, advice, exits: bool, worker: str | None) -> None:
+    """A check worth an audit row: a signal, advice, an exit, a change of action or the first check."""
     dry_run = rt.settings.monitor_dry_run
     signals = [sig.as_dict() for sig in assessment.signals]
     flow = {"exit": "strong", "consult": "moderate_advisor"}.get(assessment.action,
@@ -167,18 +230,11 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None,
                         position_id=position_id, signals=signals, dry_run=dry_run, worker=worker, decided_at=now,
                         details=details)
         _upsert_monitor_status(s, position, now, action, assessment, signals)
-        called = advice is not None and advice.fallback_cause not in ("no_key", "cycle_limit", "over_budget")
-        bump(s, worker, checks=1, positions_checked=1, advisor_calls=int(called))
+    called = advice is not None and advice.fallback_cause not in ("no_key", "cycle_limit", "over_budget")
+    count(worker, checks=1, positions_checked=1, advisor_calls=int(called))
     log.info("position_checked", position_id=position_id, symbol=view.symbol, action=action, flow=flow,
              reason=assessment.reason, price=assessment.price, pnl_pct=assessment.pnl_pct, dry_run=dry_run,
              advisor=advice.source if advice else None)
-    if exits and dry_run:
-        return MonitorOutcome(position_id, "exit_dry_run", assessment.reason, assessment.signals)
-    if not exits and not dry_run and assessment.price is not None and rt.broker.supports_legs:
-        _trail_broker_stop(rt, position_id, assessment)
-    if exits and request_exit(rt, position_id, assessment.reason, signals):
-        return MonitorOutcome(position_id, "exit", assessment.reason, assessment.signals)
-    return MonitorOutcome(position_id, "hold", assessment.reason, assessment.signals)
 
 
 def _closed_by_leg(rt: Runtime, position_id: int, view: HeldPosition, slot: datetime,

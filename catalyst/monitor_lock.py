@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from catalyst import leases
 from catalyst.db.engine import CONNECT_TIMEOUT, get_engine
+from catalyst.monitor_store import CheckDB
 
 log = structlog.get_logger("catalyst.monitor_lock")
 
@@ -57,20 +58,27 @@ def lock_engine(url: str | None = None) -> Engine:
                 max_overflow=10,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 10,
                               "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000})
-            event.listen(engine, "connect", _server_side_keepalives)
+            event.listen(engine, "connect", _session_settings)
             _engines[key] = engine
         return _engines[key]
 
 
-def _server_side_keepalives(dbapi_conn, _record) -> None:
-    """The server, not only the client, notices a worker host that died or was cut off: otherwise PostgreSQL keeps
-    the dead session, and the position's lock, for its own keepalive default (about two hours), and every check of
-    that position is skipped meanwhile. Set once per new connection, as session settings (not a startup
-    ``options`` parameter, which poolers refuse)."""
+def _session_settings(dbapi_conn, _record) -> None:
+    """Set once per new lock connection, as session settings (not a startup ``options`` parameter, which poolers
+    refuse):
+
+    - TCP keepalives on the server's side too: it notices a worker host that died or was cut off, instead of
+      keeping the dead session, and the position's lock, for its own default (about two hours) while every check
+      of that position is skipped.
+    - ``synchronous_commit = off``: a quiet hold's write (the position's price and status row, on this
+      connection) returns without waiting for its WAL flush. A server crash can lose the last fraction of a
+      second of such writes, never corrupt anything, and the next check writes them again; the books (orders,
+      fills, closes, decisions) go through the main pool and stay synchronous.
+    """
     with dbapi_conn.cursor() as cur:
         cur.execute(f"SET tcp_keepalives_idle = {SERVER_KEEPALIVE[0]}; SET tcp_keepalives_interval = "
                     f"{SERVER_KEEPALIVE[1]}; SET tcp_keepalives_count = {SERVER_KEEPALIVE[2]}; "
-                    f"SET tcp_user_timeout = {SERVER_KEEPALIVE[3]}")
+                    f"SET tcp_user_timeout = {SERVER_KEEPALIVE[3]}; SET synchronous_commit = off")
 
 
 def _forget_inherited_pools() -> None:
@@ -89,23 +97,25 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextmanager
-def check_lock(position_id: int, holder: str | None = None, ttl: float = 60.0) -> Iterator[bool]:
-    """Yields True while this caller alone checks ``position_id``, False if another check holds it.
+def check_lock(position_id: int, holder: str | None = None, ttl: float = 60.0) -> Iterator[CheckDB | None]:
+    """Yields a :class:`CheckDB` while this caller alone checks ``position_id``, None if another check holds it.
 
+    On PostgreSQL the ``CheckDB`` carries the lock's own connection: the check's statements sent on it run in the
+    session that holds the lock, so they fail rather than write if the lock was lost with its session.
     ``holder`` and ``ttl`` only matter on SQLite, where the lease they name stands in for the advisory lock.
     """
     if get_engine().dialect.name != "postgresql":
         with _lease(position_id, holder or f"local-{uuid.uuid4().hex}", ttl) as held:
-            yield held
+            yield CheckDB() if held else None
         return
     if not 0 < position_id <= INT4_MAX:
         raise ValueError(f"position id {position_id} does not fit an advisory lock key")
     conn = _take(position_id)
     if conn is None:
-        yield False
+        yield None
         return
     try:
-        yield True
+        yield CheckDB(conn)
     finally:
         _give_back(conn, position_id)
 

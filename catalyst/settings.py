@@ -95,6 +95,8 @@ class Settings(BaseSettings):
 
     monitor_check_interval: float = Field(default=60.0, gt=0, validation_alias="MONITOR_CHECK_INTERVAL")
     monitor_dry_run: bool = Field(default=False, validation_alias="MONITOR_DRY_RUN")
+    # A decisions row for every check, plain holds included (off: a plain hold refreshes its status row only).
+    monitor_record_holds: bool = Field(default=False, validation_alias="MONITOR_RECORD_HOLDS")
     signals: dict[str, float | None] = Field(default_factory=dict, validation_alias="CATALYST_SIGNALS")
 
     # Advisor (Claude) consults on MODERATE signals; without a key the rules fallback decides.

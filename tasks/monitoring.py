@@ -11,6 +11,7 @@ from catalyst.monitor import check_position
 from catalyst.monitor_lock import check_lock
 from catalyst.orders import OrderPending
 from catalyst.positions import execute_exit
+from catalyst.records import flush_counts
 from catalyst.runtime import get_runtime
 from tasks.base import CatalystTask
 
@@ -31,7 +32,8 @@ def monitor_position(self, position_id: int, slot: str | None = None) -> str:
         if not held:
             log.info("monitor_skipped", position_id=position_id, reason="check_in_progress")
             return "skipped"
-        outcome = check_position(rt, position_id, worker=self.request.hostname, slot=slot_at)
+        outcome = check_position(rt, position_id, worker=self.request.hostname, slot=slot_at, db=held)
+    flush_counts()  # now and then: the checks this process counted, in one UPDATE
     if outcome.needs_exit_task:
         exit_position.apply_async(args=[position_id])
     return outcome.action

@@ -86,7 +86,9 @@ def _pg_bin(name: str) -> str:
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster with trust auth, stopped with ``immediate`` (a crash) and restarted."""
 
-    def __init__(self) -> None:
+    def __init__(self, *settings: str) -> None:
+        """``settings``: extra ``name=value`` server settings (e.g. ``shared_preload_libraries=pg_stat_statements``)."""
+        self.settings = settings
         self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="catalyst-pg-"))
@@ -124,6 +126,7 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        options += "".join(f" -c {setting}" for setting in self.settings)
         self._run(self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.dir / "pg.log"), "-w", "start")
         _wait(self.answers, 30, f"private PostgreSQL on port {self.port} to answer")
 

@@ -51,6 +51,7 @@ def outage_env(tmp_path, database_url: str, redis_url: str) -> dict[str, str]:
     return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
             "CATALYST_MARKET_DATA": "replay:" + ",".join(map(str, paths)),
             "CATALYST_CLOCK": f"sim:{START.isoformat()}@{SPEED}", "MONITOR_CHECK_INTERVAL": str(INTERVAL),
+            "MONITOR_RECORD_HOLDS": "true",  # every check leaves a decisions row with its slot, plain holds too
             "CATALYST_AUTO_ENTRIES": "false", "CATALYST_HEARTBEAT_INTERVAL": "2"}
 
 

@@ -63,6 +63,7 @@ FLAT = ("FLAT", "FLAU", "FLAV")  # one position per symbol: entries refuse a sec
 def _flat_env(env, tmp_path):
     paths = [str(write_replay_csv(tmp_path / f"{s}.csv", s, SESSION_OPEN, [50.0] * 300)) for s in FLAT]
     env["CATALYST_MARKET_DATA"] = "replay:" + ",".join(paths)
+    env["MONITOR_RECORD_HOLDS"] = "true"  # every check leaves a decisions row with its slot, plain holds too
     return env
 
 

@@ -33,6 +33,7 @@ def outage_env(tmp_path, database_url: str, redis_url: str) -> dict[str, str]:
     return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
             "CATALYST_MARKET_DATA": f"replay:{csv}", "CATALYST_CLOCK": f"sim:{start.isoformat()}@{SPEED}",
             "MONITOR_CHECK_INTERVAL": str(INTERVAL), "CATALYST_AUTO_ENTRIES": "false",
+            "MONITOR_RECORD_HOLDS": "true",  # every check leaves a decisions row, plain holds too
             "CATALYST_HEARTBEAT_INTERVAL": "2", "LOG_FORMAT": "json"}
 
 

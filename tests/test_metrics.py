@@ -71,7 +71,8 @@ def stores(pg_url, redis_url):
 
 # -- seeded rows ------------------------------------------------------------------------------------------------
 def _position(s, symbol: str, status: str, opened_at: datetime, *, closed_at: datetime | None = None,
-              reason: str | None = None, pnl: float | None = None, checked_at: datetime | None = None) -> int:
+              reason: str | None = None, pnl: float | None = None, checked_at: datetime | None = None,
+              written_ago: float = 3600.0) -> int:
     p = Position(security_id=security_id(s, symbol, "XNYS"), symbol=symbol, qty=10, status=status, entry_price=100.0,
                  high_watermark=100.0, max_hold_seconds=86400, opened_at=opened_at, updated_at=opened_at,
                  closed_at=closed_at, exit_reason=reason, realized_pnl=pnl,
@@ -80,18 +81,19 @@ def _position(s, symbol: str, status: str, opened_at: datetime, *, closed_at: da
     s.flush()
     if checked_at is not None:
         s.add(PositionMonitorStatus(position_id=p.id, symbol=symbol, last_check_at=checked_at, checks=3,
-                                    updated_at=checked_at))
+                                    updated_at=WALL_NOW - timedelta(seconds=written_ago)))
     return p.id
 
 
 def seed() -> None:
     at = lambda h, m: datetime(2025, 3, 4, h, m, tzinfo=UTC)  # noqa: E731
     with session_scope() as s:
-        _position(s, "AAA", "open", at(14, 0), checked_at=at(14, 55))  # checked 300 s ago
+        _position(s, "AAA", "open", at(14, 0), checked_at=at(14, 55), written_ago=10)  # checked 300 s ago
         _position(s, "BBB", "open", at(14, 50))  # never checked: 600 s since it opened, the oldest
-        _position(s, "CCC", "closing", at(12, 0), checked_at=at(13, 0))  # not open: no part of the lag
+        _position(s, "CCC", "closing", at(12, 0), checked_at=at(13, 0), written_ago=59)  # not open: no part of the lag
         _position(s, "DDD", "closed", at(13, 0), closed_at=at(14, 30), reason="stop_loss", pnl=-50.0)
-        _position(s, "EEE", "closed", at(5, 0), closed_at=at(6, 0), reason="stop_loss", pnl=-20.5, checked_at=at(5, 59))
+        _position(s, "EEE", "closed", at(5, 0), closed_at=at(6, 0), reason="stop_loss", pnl=-20.5, checked_at=at(5, 59),
+                  written_ago=61)
         _position(s, "FFF", "closed", at(14, 0), closed_at=at(14, 45), reason="take_profit", pnl=120.0)
         # 23:30 on March 3rd in New York: the same UTC date, but yesterday's market day
         _position(s, "GGG", "closed", at(1, 0), closed_at=at(4, 30), reason="manual", pnl=1000.0)
@@ -126,8 +128,7 @@ def expected_from_database(market_now: datetime) -> dict:
         "exits_ever": Counter(p.exit_reason for p in positions if p.status == "closed"),
         "realized": sum(p.realized_pnl for p in closed_today),
         "lag": max((market_now - t).total_seconds() for t in held) if held else 0.0,
-        "checked": len([d for d in rows(Decision) if d.kind == "monitor"
-                        and d.recorded_at >= WALL_NOW - timedelta(minutes=1)]),
+        "checked": len([m for m in rows(PositionMonitorStatus) if m.updated_at >= WALL_NOW - timedelta(minutes=1)]),
         "ages": {h.service_name: (WALL_NOW - h.last_heartbeat).total_seconds() for h in rows(ServiceHealth)
                  if h.status != "offline"},
         "advisor": (usage.calls, usage.spent_usd) if usage else (0, 0.0),
@@ -150,7 +151,7 @@ def test_every_series_equals_what_the_database_says(stores):
     assert {r: n for r, n in exits.items() if n} == {"stop_loss": 2, "take_profit": 1, "manual": 1} == db["exits_ever"]
     assert value(found, "catalyst_realized_pnl_today_usd") == pytest.approx(49.5) == db["realized"]
     assert value(found, "catalyst_monitor_lag_seconds") == 600 == db["lag"]
-    assert value(found, "catalyst_positions_checked_per_minute") == 3 == db["checked"]
+    assert value(found, "catalyst_positions_checked_per_minute") == 2 == db["checked"]
     ages = labelled(found, "catalyst_heartbeat_age_seconds", "service")
     assert ages == {"worker@h1": 12.5, "beat": 3.0} == db["ages"]
     assert value(found, "catalyst_heartbeat_age_seconds", service="beat", kind="beat") == 3.0

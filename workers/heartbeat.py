@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from catalyst import leases
 from catalyst.db.engine import session_scope
 from catalyst.db.models import ServiceHealth
-from catalyst.records import COUNTERS
+from catalyst.records import COUNTERS, flush_counts
 
 log = structlog.get_logger("catalyst.heartbeat")
 
@@ -75,6 +75,7 @@ class HeartbeatThread(threading.Thread):
         while not self._stop_event.wait(self.interval):
             try:
                 beat_heart(self.service, kind=self.kind, status=self.status)
+                flush_counts()  # checks counted by this process (solo or thread pools; pool children flush their own)
             except Exception as exc:  # the database may be briefly away; the next beat retries
                 log.warning("heartbeat_failed", service=self.service, error=str(exc))
 

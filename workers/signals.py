@@ -15,6 +15,7 @@ from catalyst.db.engine import NotMigrated, dispose_all, ensure_migrated
 from catalyst.core.domain import CatalystError
 from catalyst.logs import configure_logging
 from catalyst.settings import get_settings
+from catalyst.records import flush_counts
 from workers.heartbeat import AlertWatchThread, Goodbye, HeartbeatThread, beat_heart
 
 log = structlog.get_logger("catalyst.worker")
@@ -104,8 +105,22 @@ def _on_worker_shutting_down(sender=None, how=None, **_):
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(sender=None, **_):
     """A warm shutdown (its tasks finished): say goodbye now rather than at the interpreter's exit."""
+    _flush_counts_now("shutdown")  # checks run in this process (solo or thread pools)
     if _goodbye is not None:
         _goodbye("warm")
+
+
+@signals.worker_process_shutdown.connect
+def _on_child_exit(**_):
+    """A pool child leaving (recycled past its memory or task limit, or a warm shutdown) writes its counts."""
+    _flush_counts_now("child_exit")
+
+
+def _flush_counts_now(when: str) -> None:
+    try:
+        flush_counts(force=True)
+    except Exception as exc:  # noqa: BLE001 - PostgreSQL is away: a few seconds of counts are lost, nothing else
+        log.warning("counts_flush_failed", when=when, error=type(exc).__name__)
 
 
 @signals.worker_process_init.connect

@@ -1,0 +1,114 @@
+"""A monitor check's own reads and writes, one statement each (issue 11: a check that costs what a task costs).
+
+A quiet hold — a price, no signal, the same plain hold as last time — needs only two statements besides its
+lock: one read of the position with its status row, one write of its price, high-watermark and status counters.
+On PostgreSQL both travel on the connection that holds the check's advisory lock (autocommit, no pre-ping, no
+BEGIN/COMMIT), so a check whose lock died with its session cannot write either; elsewhere (the embedded SQLite
+default) each is a short transaction of its own. Everything else a check may write (decisions, advice, exits)
+stays with the ORM in :mod:`catalyst.monitor`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from sqlalchemy import bindparam, literal, select, update
+from sqlalchemy.engine import Connection, Row
+
+from catalyst.db.engine import get_engine
+from catalyst.db.models import Position, PositionMonitorStatus
+from catalyst.records import wall_now
+
+POSITION = Position.__table__
+STATUS = PositionMonitorStatus.__table__
+
+
+class CheckDB:
+    """Where one check reads and writes: the lock's own connection when it has one, else the main engine."""
+
+    def __init__(self, connection: Connection | None = None) -> None:
+        self.connection = connection
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A connection for one statement: the lock's (autocommit), or a short transaction of the main engine."""
+        if self.connection is not None:
+            yield self.connection
+            return
+        with get_engine().begin() as conn:
+            yield conn
+
+
+_LOAD = (select(POSITION, STATUS.c.last_decision)
+         .select_from(POSITION.outerjoin(STATUS, STATUS.c.position_id == POSITION.c.id))
+         .where(POSITION.c.id == bindparam("pid")))
+# A plain hold's fields of the status row, besides position_id, symbol and the counter.
+_HOLD_FIELDS = ("last_check_at", "updated_at", "price", "pnl_pct", "high_watermark", "active_signals",
+                "last_decision")
+
+
+def load(db: CheckDB, position_id: int) -> Row | None:
+    """The position's columns plus its status row's ``last_decision`` (None before the first check)."""
+    with db.statement() as conn:
+        return conn.execute(_LOAD, {"pid": position_id}).first()
+
+
+def record_quiet_hold(db: CheckDB, *, position_id: int, now: datetime, price: float, pnl_pct: float,
+                      high_watermark: float) -> bool:
+    """Write a plain hold: the position's price and high-watermark, the status row's time, price and counter.
+
+    Only while the position is still open (a close that landed meanwhile wins). True if written. One statement on
+    PostgreSQL (an ``UPDATE ... RETURNING`` feeding the status upsert); two in one transaction on SQLite.
+    """
+    params = {"pid": position_id, "now": now, "wall": wall_now(), "price": price, "pnl_pct": pnl_pct,
+              "hwm": high_watermark, "signals": [], "decision": "hold"}
+    with db.statement() as conn:
+        if conn.dialect.name == "postgresql":
+            return conn.execute(_pg_quiet_hold(), params).first() is not None
+        if conn.execute(_MOVE, params).rowcount != 1:
+            return False
+        conn.execute(_sqlite_status_upsert(), params)
+        return True
+
+
+_MOVE = (update(POSITION).where(POSITION.c.id == bindparam("pid"), POSITION.c.status == "open")
+         .values(high_watermark=bindparam("hwm"), last_price=bindparam("price"), updated_at=bindparam("now")))
+
+
+def _hold_values() -> list:
+    """The status row's hold fields as bound parameters, in ``_HOLD_FIELDS`` order."""
+    names = {"last_check_at": "now", "updated_at": "wall", "price": "price", "pnl_pct": "pnl_pct",
+             "high_watermark": "hwm", "active_signals": "signals", "last_decision": "decision"}
+    return [bindparam(names[f], type_=STATUS.c[f].type) for f in _HOLD_FIELDS]
+
+
+@functools.cache
+def _pg_quiet_hold():
+    """``WITH held AS (UPDATE positions ... RETURNING id, symbol) INSERT INTO position_monitor_status SELECT ...
+    ON CONFLICT DO UPDATE``: built once, since building the statement costs more than compiling it."""
+    from sqlalchemy.dialects.postgresql import insert
+
+    held = _MOVE.returning(POSITION.c.id, POSITION.c.symbol).cte("held")
+    source = select(held.c.id, held.c.symbol, *_hold_values(), literal(1))
+    upsert = insert(STATUS).from_select(["position_id", "symbol", *_HOLD_FIELDS, "checks"], source)
+    return _on_conflict(upsert).returning(STATUS.c.position_id)
+
+
+@functools.cache
+def _sqlite_status_upsert():
+    from sqlalchemy.dialects.sqlite import insert
+
+    symbol = select(POSITION.c.symbol).where(POSITION.c.id == bindparam("pid")).scalar_subquery()
+    values = dict(zip(_HOLD_FIELDS, _hold_values()))
+    return _on_conflict(insert(STATUS).values(position_id=bindparam("pid"), symbol=symbol, checks=1, **values))
+
+
+def _on_conflict(upsert):
+    """A second and later check updates the row: the latest facts, one more check counted."""
+    excluded = upsert.excluded
+    return upsert.on_conflict_do_update(
+        index_elements=[STATUS.c.position_id],
+        set_={**{f: excluded[f] for f in _HOLD_FIELDS}, "checks": STATUS.c.checks + 1})
