@@ -85,14 +85,14 @@ def shared_indicators(rt: Runtime, symbol: str, slot: datetime, now: datetime, w
 
 
 def _remember(key: tuple[object, str, datetime], snapshot: IndicatorSnapshot) -> None:
-    """Keep the snapshot; forget those of all but the latest ``RECENT_SLOTS`` slots."""
+    """Keep the snapshot; forget those of other databases and of all but this one's latest ``RECENT_SLOTS``."""
+    engine = key[0]
     with _recent_lock:
         _recent[key] = snapshot
-        slots = sorted({k[2] for k in _recent}, reverse=True)
-        if len(slots) > RECENT_SLOTS:
-            stale = set(slots[RECENT_SLOTS:])
-            for k in [k for k in _recent if k[2] in stale]:
-                del _recent[k]
+        slots = sorted({k[2] for k in _recent if k[0] is engine}, reverse=True)
+        stale = set(slots[RECENT_SLOTS:])
+        for k in [k for k in _recent if k[0] is not engine or k[2] in stale]:
+            del _recent[k]
 
 
 def _shared_snapshot(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None) -> IndicatorSnapshot:
@@ -177,10 +177,12 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None, slo
         advice = rt.advisor.advise(_advice_request(position_id, view, assessment, snap, slot, now,
                                                    position.entry_reason, rt))
     exits = assessment.exits or bool(advice and advice.exit)
-    quiet = not rt.settings.monitor_record_holds and _is_quiet(assessment, advice, exits, position.last_decision)
-    if quiet and monitor_store.record_quiet_hold(
-            db, position_id=position_id, now=now, price=assessment.price, pnl_pct=assessment.pnl_pct,
-            high_watermark=assessment.high_watermark):
+    if not rt.settings.monitor_record_holds and _is_quiet(assessment, advice, exits, position.last_decision):
+        # A new high is protective state (the trailing stop measures from it): its write waits for the WAL flush.
+        where = db if assessment.high_watermark <= view.high_watermark else CheckDB()
+        if not monitor_store.record_quiet_hold(where, position_id=position_id, now=now, price=assessment.price,
+                                               pnl_pct=assessment.pnl_pct, high_watermark=assessment.high_watermark):
+            return MonitorOutcome(position_id, "skipped", "not_open")  # closed meanwhile: its closer owns it now
         count(worker, checks=1, positions_checked=1)
         log.info("position_checked", position_id=position_id, symbol=view.symbol, action="hold", flow="none",
                  price=assessment.price, pnl_pct=assessment.pnl_pct, recorded="status")

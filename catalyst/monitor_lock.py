@@ -72,8 +72,9 @@ def _session_settings(dbapi_conn, _record) -> None:
       of that position is skipped.
     - ``synchronous_commit = off``: a quiet hold's write (the position's price and status row, on this
       connection) returns without waiting for its WAL flush. A server crash can lose the last fraction of a
-      second of such writes, never corrupt anything, and the next check writes them again; the books (orders,
-      fills, closes, decisions) go through the main pool and stay synchronous.
+      second of such writes, never corrupt anything, and the next check writes the price again. A new
+      high-watermark is protective state and is written through the main pool instead (see
+      ``catalyst.monitor.check_position``), as are the books (orders, fills, closes, decisions).
     """
     with dbapi_conn.cursor() as cur:
         cur.execute(f"SET tcp_keepalives_idle = {SERVER_KEEPALIVE[0]}; SET tcp_keepalives_interval = "

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import bindparam, literal, select, update
+from sqlalchemy import Float, bindparam, func, literal, select, update
 from sqlalchemy.engine import Connection, Row
 
 from catalyst.db.engine import get_engine
@@ -68,14 +68,18 @@ def record_quiet_hold(db: CheckDB, *, position_id: int, now: datetime, price: fl
     with db.statement() as conn:
         if conn.dialect.name == "postgresql":
             return conn.execute(_pg_quiet_hold(), params).first() is not None
-        if conn.execute(_MOVE, params).rowcount != 1:
+        if conn.execute(_sqlite_move(), params).rowcount != 1:
             return False
         conn.execute(_sqlite_status_upsert(), params)
         return True
 
 
-_MOVE = (update(POSITION).where(POSITION.c.id == bindparam("pid"), POSITION.c.status == "open")
-         .values(high_watermark=bindparam("hwm"), last_price=bindparam("price"), updated_at=bindparam("now")))
+def _move(higher):
+    """The position's price and time, and its high-watermark only ever raised (a check that ran late, or on
+    SQLite past its lease, never lowers a high another check wrote)."""
+    return (update(POSITION).where(POSITION.c.id == bindparam("pid"), POSITION.c.status == "open")
+            .values(high_watermark=higher(POSITION.c.high_watermark, bindparam("hwm", type_=Float())),
+                    last_price=bindparam("price"), updated_at=bindparam("now")))
 
 
 def _hold_values() -> list:
@@ -91,10 +95,17 @@ def _pg_quiet_hold():
     ON CONFLICT DO UPDATE``: built once, since building the statement costs more than compiling it."""
     from sqlalchemy.dialects.postgresql import insert
 
-    held = _MOVE.returning(POSITION.c.id, POSITION.c.symbol).cte("held")
-    source = select(held.c.id, held.c.symbol, *_hold_values(), literal(1))
+    held = _move(func.greatest).returning(POSITION.c.id, POSITION.c.symbol, POSITION.c.high_watermark).cte("held")
+    values = _hold_values()
+    values[_HOLD_FIELDS.index("high_watermark")] = held.c.high_watermark  # the high as written, raised or kept
+    source = select(held.c.id, held.c.symbol, *values, literal(1))
     upsert = insert(STATUS).from_select(["position_id", "symbol", *_HOLD_FIELDS, "checks"], source)
     return _on_conflict(upsert).returning(STATUS.c.position_id)
+
+
+@functools.cache
+def _sqlite_move():
+    return _move(func.max)  # SQLite's two-argument max() is the scalar greatest
 
 
 @functools.cache
@@ -102,7 +113,9 @@ def _sqlite_status_upsert():
     from sqlalchemy.dialects.sqlite import insert
 
     symbol = select(POSITION.c.symbol).where(POSITION.c.id == bindparam("pid")).scalar_subquery()
+    high = select(POSITION.c.high_watermark).where(POSITION.c.id == bindparam("pid")).scalar_subquery()
     values = dict(zip(_HOLD_FIELDS, _hold_values()))
+    values["high_watermark"] = high
     return _on_conflict(insert(STATUS).values(position_id=bindparam("pid"), symbol=symbol, checks=1, **values))
 
 

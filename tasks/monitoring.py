@@ -33,9 +33,12 @@ def monitor_position(self, position_id: int, slot: str | None = None) -> str:
             log.info("monitor_skipped", position_id=position_id, reason="check_in_progress")
             return "skipped"
         outcome = check_position(rt, position_id, worker=self.request.hostname, slot=slot_at, db=held)
-    flush_counts()  # now and then: the checks this process counted, in one UPDATE
     if outcome.needs_exit_task:
         exit_position.apply_async(args=[position_id])
+    try:
+        flush_counts()  # now and then: the checks this process counted, in one UPDATE
+    except Exception as exc:  # noqa: BLE001 - kept for the next flush; the check itself succeeded
+        log.warning("counts_flush_failed", when="task", error=type(exc).__name__)
     return outcome.action
 
 

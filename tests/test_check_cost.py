@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from catalyst.db.engine import dispose_all, upgrade
 from catalyst.db.models import Decision, Position, PositionMonitorStatus
+from catalyst.records import flush_counts
 from tests.support import environment, query, rows, seed_position, write_replay_csv
 
 EST = timezone(timedelta(hours=-5))
@@ -77,6 +78,7 @@ def test_a_quiet_hold_costs_at_most_four_round_trips_and_no_decision_row(counted
         assert check(pid, 100) == "hold"  # the first check: a decision row, the symbol's indicators computed
         assert check(other, 100) == "hold"  # warms this process's pools and its copy of the indicators
         decisions_before = len(rows(Decision))
+        flush_counts(force=True)  # counts earlier tests of this process left are not this check's cost
         reset_statements(server)
         assert check(pid, 100) == "hold"
         sent = statements_since_reset(server)
@@ -146,7 +148,6 @@ def test_a_workers_check_counters_are_written_together_not_once_per_check(tmp_pa
     from catalyst.db.engine import session_scope
     from catalyst.db.models import ServiceHealth
     from catalyst.monitor import check_position
-    from catalyst.records import flush_counts
     from catalyst.runtime import get_runtime
 
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
@@ -165,3 +166,22 @@ def test_a_workers_check_counters_are_written_together_not_once_per_check(tmp_pa
         assert flush_counts(force=True) is False  # nothing left to write
         health = query(lambda s: s.get(ServiceHealth, "w@test"))
     assert (health.checks, health.positions_checked) == (5, 5)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_a_late_quiet_hold_never_lowers_the_high_watermark_another_check_wrote(backend, pg_url, tmp_path):
+    """The trailing stop measures from the high: a check that judged an older price must not pull it down."""
+    from catalyst.monitor_store import CheckDB, record_quiet_hold
+
+    url = pg_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'embedded.db'}"
+    if backend == "sqlite":
+        upgrade(url)
+    at = SESSION_OPEN + timedelta(minutes=100)
+    with environment({"DATABASE_URL": url}):
+        pid = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        assert record_quiet_hold(CheckDB(), position_id=pid, now=at, price=104.0, pnl_pct=4.0, high_watermark=104.0)
+        assert record_quiet_hold(CheckDB(), position_id=pid, now=at, price=101.0, pnl_pct=1.0, high_watermark=102.0)
+        held = query(lambda s: s.get(Position, pid))
+        status = query(lambda s: s.get(PositionMonitorStatus, pid))
+    assert held.high_watermark == status.high_watermark == 104.0
+    assert held.last_price == status.price == 101.0 and status.checks == 2

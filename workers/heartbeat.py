@@ -75,9 +75,12 @@ class HeartbeatThread(threading.Thread):
         while not self._stop_event.wait(self.interval):
             try:
                 beat_heart(self.service, kind=self.kind, status=self.status)
-                flush_counts()  # checks counted by this process (solo or thread pools; pool children flush their own)
             except Exception as exc:  # the database may be briefly away; the next beat retries
                 log.warning("heartbeat_failed", service=self.service, error=str(exc))
+            try:
+                flush_counts()  # checks counted by this process (solo or thread pools; pool children flush their own)
+            except Exception as exc:  # noqa: BLE001 - kept for the next flush
+                log.warning("counts_flush_failed", when="heartbeat", error=type(exc).__name__)
 
     def stop(self, wait: float = 0.0) -> None:
         """Stop beating; with ``wait``, also let a beat in flight finish (so it cannot land after a goodbye)."""

@@ -1,0 +1,72 @@
+"""A check that meets trouble after its decision: a failed counter write, a lock session killed mid-check."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from catalyst.db.engine import upgrade
+from catalyst.db.models import Position, PositionMonitorStatus
+from tests.support import query, seed_position
+from tests.test_check_cost import QUIET, SESSION_OPEN, check, market_at
+
+
+def test_a_failed_counter_flush_does_not_drop_the_exit_the_check_requested(tmp_path, monkeypatch):
+    import catalyst.records as records
+    import tasks.monitoring as monitoring
+
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    upgrade(url)
+    crash = QUIET[:100] + [88.0] * 40 + QUIET[140:]  # -12 %: a STRONG stop-loss
+    sent = []
+    monkeypatch.setattr(monitoring.exit_position, "apply_async", lambda *a, **k: sent.append((a, k)))
+    with market_at(url, tmp_path, 110, prices=crash):
+        pid = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        records.count("other@host", checks=3)  # what earlier checks of this process counted
+        monkeypatch.setattr(records, "_last_flush", 0.0)  # ten seconds have passed: this task flushes
+
+        def database_blip(*_a, **_k):
+            raise OperationalError("UPDATE service_health", {}, Exception("server closed the connection"))
+
+        monkeypatch.setattr(records, "bump", database_blip)
+        try:
+            outcome = check(pid, 110)
+        except OperationalError:
+            outcome = "raised"
+        finally:
+            records._counts.clear()  # the blip kept them for a later flush: not the next test's to write
+        status = query(lambda s: s.get(Position, pid).status)
+    assert status == "closing"  # the check decided and requested the exit
+    assert outcome == "exit" and len(sent) == 1, (outcome, sent)  # ... so its exit task must be sent
+
+
+def test_a_lock_session_killed_mid_check_fails_the_check_frees_the_lock_and_the_next_check_writes(
+        pg_url, tmp_path, monkeypatch):
+    from catalyst import monitor_store
+
+    real = monitor_store.record_quiet_hold
+    killed = []
+
+    def kill_then_write(db, **kw):
+        if not killed:
+            pid = db.connection.execute(text("SELECT pg_backend_pid()")).scalar()
+            with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            killed.append(pid)
+        return real(db, **kw)
+
+    with market_at(pg_url, tmp_path, 100):
+        pos = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        assert check(pos, 100) == "hold"  # first check: status row, last_decision hold
+        monkeypatch.setattr(monitor_store, "record_quiet_hold", kill_then_write)
+        with pytest.raises(DBAPIError):
+            check(pos, 101)
+        before = query(lambda s: s.get(PositionMonitorStatus, pos).checks)
+        assert check(pos, 102) == "hold"  # the lock was freed with the dead session; a fresh connection is taken
+        after = query(lambda s: s.get(PositionMonitorStatus, pos).checks)
+        held = query(lambda s: s.get(Position, pos))
+    assert killed and before == 1 and after == 2 and held.status == "open"
