@@ -2,8 +2,8 @@
 
 Static entries come from settings: a pre-market scan before each open, scans, the watchdog and
 the risk monitor on the session grid, and the day's summary and the retention prune after each close. There is one
-``monitor-position-<id>`` entry for every position that is open or closing. Because it is derived from PostgreSQL on every tick,
-flushing Redis or restarting beat loses nothing.
+``monitor-position-<id>`` entry for every position that is open or closing. Because it is derived from PostgreSQL
+(beat reads the open positions' ids every tick), flushing Redis or restarting beat loses nothing.
 """
 
 from __future__ import annotations
@@ -58,7 +58,13 @@ def monitor_entry(position_id: int, settings: Settings) -> WantedEntry:
                        settings.monitor_check_interval)
 
 
-def wanted_entries(session, settings: Settings) -> dict[str, WantedEntry]:
-    ids = session.scalars(select(Position.id).where(Position.status.in_(("open", "closing")))).all()
-    entries = static_entries(settings) + [monitor_entry(pid, settings) for pid in ids]
+def open_position_ids(session) -> set[int]:
+    """The positions that need a monitor entry: one narrow indexed query (``ix_positions_status``)."""
+    return set(session.scalars(select(Position.id).where(Position.status.in_(("open", "closing")))))
+
+
+def wanted_entries(session, settings: Settings, ids: set[int] | None = None) -> dict[str, WantedEntry]:
+    """Every entry Catalyst wants: the static ones and a check per open position (``ids``, else read now)."""
+    ids = open_position_ids(session) if ids is None else ids
+    entries = static_entries(settings) + [monitor_entry(pid, settings) for pid in sorted(ids)]
     return {e.name: e for e in entries}

@@ -418,3 +418,204 @@ def test_a_premarket_scan_message_expires_at_the_open_so_a_late_worker_never_run
     finally:
         beat.close()
     assert lifetime == {"premarket-scan": 20 * 60, "scan-market": 2 * 900}
+
+
+# -- beat in O(changes) (issue 11) -------------------------------------------------------------------------------
+def seed_positions(n: int) -> list[int]:
+    """``n`` open positions in one statement (seeding hundreds one by one would dominate the test)."""
+    from sqlalchemy import insert
+
+    from catalyst.db.engine import session_scope
+    from catalyst.db.models import Position
+    from catalyst.records import security_id
+
+    opened = at(9, 30) - timedelta(days=1)
+    with session_scope() as s:
+        sid = security_id(s, "FLAT", "XNYS")
+        return list(s.scalars(insert(Position).returning(Position.id), [
+            dict(security_id=sid, symbol="FLAT", qty=10, status="open", entry_price=50.0, high_watermark=50.0,
+                 max_hold_seconds=864000, opened_at=opened, updated_at=opened) for _ in range(n)]))
+
+
+@contextmanager
+def statements():
+    """The SQL statements this process runs meanwhile, heartbeats left out (they go by wall time)."""
+    from sqlalchemy import event
+
+    from catalyst.db.engine import get_engine
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        if "service_health" not in statement:
+            seen.append(" ".join(statement.split()))
+
+    event.listen(get_engine(), "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", record)
+
+
+def claims(executed: list[str]) -> list[str]:
+    return [s for s in executed if s.startswith("UPDATE schedule_entries SET") and "last_slot_at <" in s]
+
+
+def test_a_tick_claims_every_due_slot_in_one_statement_whatever_the_number_of_positions(clock, app, redis_url):
+    """Sending a slot costs the same SQL at 10 positions as at 500: one claim, no statement per entry."""
+    few = seed_positions(10)
+    clock.set(at(10, 14))
+    beat = CatalystScheduler(app=app)
+    try:
+        beat.tick()  # the entries are created; 10:15 is due next
+        clock.set(at(10, 15))
+        with statements() as at_10:
+            beat.tick()
+        many = seed_positions(490)
+        clock.set(at(10, 16))
+        beat.tick()  # the 490 new entries: their first slot is 10:30
+        clock.set(at(10, 30))
+        with statements() as at_500:
+            beat.tick()
+        clock.set(at(10, 31))
+        with statements() as idle:
+            beat.tick()
+    finally:
+        beat.close()
+    assert len(claims(at_10)) == len(claims(at_500)) == 1, (at_10, at_500)
+    assert len(at_10) == len(at_500), (at_10, at_500)
+    assert not claims(idle) and len(idle) < len(at_500)
+    monitor = sent_slots(redis_url, "monitor")
+    assert monitor == {**{(f"monitor-position-{i}", s.isoformat()): 1 for i in few for s in (at(10, 15), at(10, 30))},
+                       **{(f"monitor-position-{i}", at(10, 30).isoformat()): 1 for i in many}}
+
+
+def test_positions_opened_and_closed_between_ticks_gain_and_lose_their_entry(clock, app, redis_url):
+    clock.set(at(10, 16))
+    beat = CatalystScheduler(app=app)
+    try:
+        beat.tick()
+        (opened,) = seed_positions(1)
+        beat.tick()
+        assert entry(f"monitor-position-{opened}") is not None, "a new position is checked from the next tick"
+        from catalyst.db.engine import session_scope
+        from catalyst.db.models import Position
+
+        with session_scope() as s:
+            s.get(Position, opened).status = "closed"
+        beat.tick()
+        assert entry(f"monitor-position-{opened}") is None, "a closed position's entry is gone"
+        clock.set(at(10, 30))
+        beat.tick()
+    finally:
+        beat.close()
+    assert sent_slots(redis_url, "monitor") == {}, "the entry was created for 10:30 and removed before it"
+
+
+def test_a_slot_the_old_leader_releases_after_the_takeover_is_sent_by_the_new_leader(clock, app, redis_url, pg_url):
+    """The new leader read the table while the slot was still claimed; it must see the later release (another
+    beat's write) without reading everything again, and send the slot once."""
+    first, second = CatalystScheduler(app=app), CatalystScheduler(app=app)
+
+    def lose_the_lease_and_be_replaced():  # the send hung past the lease, and the standby took over meanwhile
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE leases SET expires_at = now() - interval '1 second' WHERE name = %s", (LEASE,))
+        second.tick()
+        assert entry("scan-market").last_slot_at == at(10, 15), "the new leader sees the slot claimed"
+
+    flaky = FlakySend(app, before_raise=lose_the_lease_and_be_replaced)
+    flaky.failures = 1
+    try:
+        first.tick()  # claims 10:15; the send fails after the takeover; the claim is handed back
+        assert entry("scan-market").last_slot_at is None
+        second.tick()
+        second.tick()
+    finally:
+        first.close()
+        second.close()
+    assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}
+
+
+def test_a_beat_that_loses_its_lease_while_sending_a_slot_stops_and_hands_the_rest_back(
+        clock, app, redis_url, pg_url, monkeypatch):
+    """The lease is renewed while a big slot goes out; when a renewal finds it taken, the rest is released
+    (not sent by a beat that no longer leads) and the next leader sends it: every check once."""
+    import workers.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "SEND_BATCH", 2)
+    monkeypatch.setattr(scheduler, "RENEW_EVERY", 2)
+    ids = seed_positions(5)
+    beat = CatalystScheduler(app=app)
+    real = app.send_task
+    sent = []
+
+    def send_then_lose_the_lease(name, *args, **kwargs):
+        sent.append(kwargs["headers"]["catalyst_entry"])
+        if len(sent) == 3:  # another beat takes the lease while this one is still sending
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("UPDATE leases SET holder = 'thief', token = token + 1, "
+                             "expires_at = now() + interval '1 hour' WHERE name = %s", (LEASE,))
+        return real(name, *args, **kwargs)
+
+    app.send_task = send_then_lose_the_lease
+    try:
+        with capture_logs() as events:
+            beat.tick()
+        assert len(sent) == 4, "the batch under way goes out, then the renewal finds the lease gone"
+        assert [e["sent"] for e in events if e["event"] == "beat_lease_lost_while_sending"] == [4]
+        names = {"scan-market", *(f"monitor-position-{i}" for i in ids)}
+        assert {n for n in names if entry(n).last_slot_at is None} == names - set(sent), "the rest handed back"
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # the thief dies
+            conn.execute("UPDATE leases SET expires_at = now() - interval '1 second' WHERE name = %s", (LEASE,))
+        beat.tick()
+        beat.tick()
+    finally:
+        app.send_task = real
+        beat.close()
+    everything = sent_slots(redis_url, "scan") + sent_slots(redis_url, "monitor")
+    assert everything == {(n, at(10, 15).isoformat()): 1 for n in names}
+
+
+def test_a_slot_whose_pipeline_cannot_reach_redis_is_handed_back_and_beat_waits_out_the_outage(
+        clock, app, redis_url, monkeypatch):
+    """Messages go to Redis in one pipeline per batch; when its flush finds Redis away (Redis killed: the
+    connection is refused), nothing of it counts as sent, every claim is handed back, and beat reports the
+    outage and paces its retries instead of trying again at once."""
+    import redis
+    from kombu.exceptions import BatchPublishError
+    from kombu.transport.redis import PublishBatch
+
+    ids = seed_positions(3)
+    names = {"scan-market", *(f"monitor-position-{i}" for i in ids)}
+    real_flush = PublishBatch.flush
+
+    def refused(self):  # what kombu raises when the pipeline's execute() finds Redis gone
+        try:
+            raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        except redis.exceptions.ConnectionError as exc:
+            raise BatchPublishError("Redis publish batch failed; delivery is uncertain") from exc
+
+    beat = CatalystScheduler(app=app)
+    try:
+        monkeypatch.setattr(PublishBatch, "flush", refused)
+        with capture_logs() as events:
+            sleeps = [beat.tick(), beat.tick()]
+        assert sleeps == [scheduler_outage_retry()] * 2, "an outage's pace, not a tight loop"
+        (outage,) = [e for e in events if e["event"].startswith(("beat_outage", "beat_recovered"))]
+        assert outage["server"] == "redis" and "Connection refused" in outage["error"]
+        assert all(entry(n).last_slot_at is None for n in names), "nothing claimed stays claimed"
+        monkeypatch.setattr(PublishBatch, "flush", real_flush)
+        with capture_logs() as events:
+            beat.tick()
+            beat.tick()
+        assert "beat_recovered" in [e["event"] for e in events]
+    finally:
+        beat.close()
+    sent = sent_slots(redis_url, "scan") + sent_slots(redis_url, "monitor")
+    assert sent == {(n, at(10, 15).isoformat()): 1 for n in names}
+
+
+def scheduler_outage_retry() -> float:
+    from workers.scheduler import OUTAGE_RETRY
+
+    return OUTAGE_RETRY
