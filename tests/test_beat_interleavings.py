@@ -1,17 +1,17 @@
-"""Beat interleavings that once lost or hot-looped slots: a stop signal right after the claim, a batch Redis refuses, a release stamped by a beat whose clock runs behind."""
+"""Beat interleavings that once lost or hot-looped slots: a stop signal right after the claim, a batch Redis refuses
+(a release stamped by a beat whose clock runs behind: tests/test_beat_slots.py)."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-import psycopg
 import pytest
 import redis
 from kombu.exceptions import BatchPublishError
 from kombu.transport.redis import PublishBatch
 
 import workers.scheduler as scheduler
-from tests.test_beat_slots import LEASE, CatalystScheduler, app, at, clock, entry, sent_slots  # noqa: F401
+from tests.test_beat_slots import CatalystScheduler, app, at, clock, entry, sent_slots  # noqa: F401
 
 
 def test_a_stop_signal_landing_just_after_the_claim_commits_still_hands_the_slot_back(clock, app, redis_url,
@@ -69,33 +69,3 @@ def test_a_batch_redis_refuses_for_a_non_connection_reason_is_retried_at_a_pace_
         assert min(sleeps) >= 0.5, sleeps
     finally:
         beat.close()
-
-
-def test_a_release_stamped_by_a_beat_whose_clock_runs_behind_is_still_seen_by_the_new_leader(
-        clock, app, redis_url, pg_url):
-    """Two beats on two hosts: the old leader's clock is 15 s behind. Its release of a slot it could not send
-    (after the standby took over) is stamped in the past; the new leader must still send the slot."""
-    from datetime import timedelta
-
-    first, second = CatalystScheduler(app=app), CatalystScheduler(app=app)
-    real_stamp = first._stamp
-    first._stamp = lambda: real_stamp() - timedelta(seconds=15)  # its wall clock is behind
-
-    def lose_the_lease_and_be_replaced():
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute("UPDATE leases SET expires_at = now() - interval '1 second' WHERE name = %s", (LEASE,))
-        second.tick()
-
-    from tests.test_beat_slots import FlakySend
-
-    flaky = FlakySend(app, before_raise=lose_the_lease_and_be_replaced)
-    flaky.failures = 1
-    try:
-        first.tick()  # claims 10:15; the send fails after the takeover; the claim is handed back
-        assert entry("scan-market").last_slot_at is None
-        second.tick()
-        second.tick()
-    finally:
-        first.close()
-        second.close()
-    assert sent_slots(redis_url, "scan") == {("scan-market", at(10, 15).isoformat()): 1}

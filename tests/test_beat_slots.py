@@ -48,8 +48,7 @@ def clock(tmp_path, pg_url, redis_url):
         yield manual
 
 
-@pytest.fixture
-def app(clock, redis_url):
+def production_like_app(redis_url: str) -> Celery:
     """A Celery app configured like production (celeryconfig's queues and routes), on the test Redis."""
     import celeryconfig
 
@@ -57,6 +56,12 @@ def app(clock, redis_url):
     celery_app.config_from_object(celeryconfig)
     celery_app.conf.update(broker_url=redis_url, broker_transport=None,
                            broker_transport_options={"visibility_timeout": 600})
+    return celery_app
+
+
+@pytest.fixture
+def app(clock, redis_url):
+    celery_app = production_like_app(redis_url)
     yield celery_app
     celery_app.close()
 
@@ -512,10 +517,15 @@ def test_positions_opened_and_closed_between_ticks_gain_and_lose_their_entry(clo
     assert sent_slots(redis_url, "monitor") == {}, "the entry was created for 10:30 and removed before it"
 
 
-def test_a_slot_the_old_leader_releases_after_the_takeover_is_sent_by_the_new_leader(clock, app, redis_url, pg_url):
+@pytest.mark.parametrize("behind", [0, 15], ids=["same_clock", "old_leader_15s_behind"])
+def test_a_slot_the_old_leader_releases_after_the_takeover_is_sent_by_the_new_leader(clock, app, redis_url, pg_url,
+                                                                                     behind):
     """The new leader read the table while the slot was still claimed; it must see the later release (another
-    beat's write) without reading everything again, and send the slot once."""
+    beat's write) without reading everything again, and send the slot once, also when the old leader's host
+    clock runs behind (its release is stamped in the past)."""
     first, second = CatalystScheduler(app=app), CatalystScheduler(app=app)
+    real_stamp = first._stamp
+    first._stamp = lambda: real_stamp() - timedelta(seconds=behind)
 
     def lose_the_lease_and_be_replaced():  # the send hung past the lease, and the standby took over meanwhile
         with psycopg.connect(pg_url, autocommit=True) as conn:

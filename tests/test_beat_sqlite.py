@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from celery import Celery
 
 from catalyst.clock import ManualClock
 from catalyst.runtime import build_runtime, use_runtime
 from catalyst.settings import get_settings
 from tests.support import environment, seed_position
-from tests.test_beat_slots import FlakySend, at, entry, sent_slots
+from tests.test_beat_slots import FlakySend, at, entry, production_like_app, sent_slots
 from workers.scheduler import CatalystScheduler
 
 
@@ -32,12 +31,7 @@ def sqlite_clock(tmp_path, redis_url):
 
 @pytest.fixture
 def sqlite_app(sqlite_clock, redis_url):
-    import celeryconfig
-
-    celery_app = Celery("catalyst-beat-review", set_as_current=False)
-    celery_app.config_from_object(celeryconfig)
-    celery_app.conf.update(broker_url=redis_url, broker_transport=None,
-                           broker_transport_options={"visibility_timeout": 600})
+    celery_app = production_like_app(redis_url)
     yield celery_app
     celery_app.close()
 
