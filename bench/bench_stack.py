@@ -41,7 +41,7 @@ REQUIRED = ("n", "concurrency", "symbols", "cycle_s", "checks_per_s", "bare_task
             "pg.inserted_per_check", "pg.updated_per_check", "pg.round_trips_source", "beat_send_s_per_slot",
             "exit_latency.exits", "exit_latency.decision_to_order_p50_ms", "exit_latency.decision_to_order_p99_ms",
             "exit_latency.slot_to_order_p99_s", "rss.start.total_mb", "rss.end.total_mb",
-            "rss.end.max_process_mb", "rss.growth_pct", "events.beat_lease_acquired")
+            "rss.end.max_process_mb", "rss.growth_pct", "rss.growth_after_warm_up_pct", "events.beat_lease_acquired")
 
 
 def _ints(text: str) -> list[int]:

@@ -13,7 +13,7 @@ How each number is taken (nothing is read from the code under test, only from wh
 - beat seconds per slot: first → last ``schedule_entries.last_sent_at`` of the slot's monitor entries;
 - decision → order: the exit decision's ``decided_at`` → the exit order's ``submitted_at`` (both market
   time, divided by the speed);
-- RSS: the worker's main process and pool children from /proc, once online and after the run.
+- RSS: the worker's main process and pool children from /proc, once online, after the warm-up slot and after the run.
 """
 
 from __future__ import annotations
@@ -215,6 +215,7 @@ def run(cfg: RunConfig) -> dict:
         first = _first_slot(probe, cfg.n, timeout=120)
         slots = [first + timedelta(seconds=INTERVAL * i) for i in range(cfg.rounds + 2)]
         warm = _cycle(probe, cfg, anchor, slots[0])
+        rss_warm = procs.worker_rss(worker)  # every child has run checks: first-use growth is behind us
         cycles, before = [], None
         for slot in slots[1:-1]:
             _sleep_until(_wall(anchor, slot, cfg.speed) - min(1.0, 0.2 * INTERVAL / cfg.speed))
@@ -246,6 +247,7 @@ def run(cfg: RunConfig) -> dict:
             "ratio": round(checks_per_s / bare["tasks_per_s"], 3), "pg": per_check,
             "beat_send_s_per_slot": round(statistics.median(sends), 3) if sends else None,
             "exit_latency": latency,
-            "rss": {"start": rss_start, "end": rss_end,
-                    "growth_pct": round(100 * (rss_end["total_mb"] / rss_start["total_mb"] - 1), 1)},
+            "rss": {"start": rss_start, "warm": rss_warm, "end": rss_end,
+                    "growth_pct": round(100 * (rss_end["total_mb"] / rss_start["total_mb"] - 1), 1),
+                    "growth_after_warm_up_pct": round(100 * (rss_end["total_mb"] / rss_warm["total_mb"] - 1), 1)},
             "events": counts}
