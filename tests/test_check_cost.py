@@ -28,7 +28,11 @@ QUIET = [100.0 + (0.05 if i % 2 else -0.05) for i in range(240)]  # a wiggle of 
 def counted_pg():
     """A fresh migrated database on a private cluster that counts every statement."""
     from tests.private_servers import PrivatePostgres
+    from tests.support import PG_ADMIN, unavailable
 
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:  # the same binaries: is the extension installed?
+        if not admin.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone():
+            unavailable("PostgreSQL's pg_stat_statements extension (postgresql-contrib)")
     server = PrivatePostgres("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all",
                              "pg_stat_statements.track_utility=on")
     server.start()
