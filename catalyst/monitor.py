@@ -213,9 +213,11 @@ def _record_check(rt: Runtime, position_id: int, view: HeldPosition, quote, snap
     flow = {"exit": "strong", "consult": "moderate_advisor"}.get(assessment.action,
                                                                "weak" if assessment.signals else "none")
     with session_scope() as s:
-        position = s.get(Position, position_id)
+        # Locked until the commit, and the high only ever raised: a check that read the position before another
+        # raised its high (a redelivery, a lock lost with its session) never writes its lower high back.
+        position = s.get(Position, position_id, with_for_update=True)
         if assessment.price is not None:
-            position.high_watermark = assessment.high_watermark
+            position.high_watermark = max(position.high_watermark or 0.0, assessment.high_watermark)
             position.last_price = assessment.price
             position.updated_at = now
         details = {"price": assessment.price, "pnl_pct": assessment.pnl_pct, "flow": flow,

@@ -70,3 +70,33 @@ def test_a_lock_session_killed_mid_check_fails_the_check_frees_the_lock_and_the_
         after = query(lambda s: s.get(PositionMonitorStatus, pos).checks)
         held = query(lambda s: s.get(Position, pos))
     assert killed and before == 1 and after == 2 and held.status == "open"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_a_check_with_a_signal_never_lowers_a_high_watermark_another_check_raised_meanwhile(
+        backend, request, tmp_path, monkeypatch):
+    """The trailing stop measures from the high: a check that read the position before another raised the high
+    (a redelivered check, a lock lost with its session) must not write its older, lower high back."""
+    import catalyst.monitor as monitor
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'e.db'}"
+    if backend == "sqlite":
+        upgrade(url)
+    dip = QUIET[:100] + [97.6] * 20 + QUIET[120:]  # a WEAK stop-loss signal at minutes 100-119: an audited check
+    real = monitor.shared_indicators
+
+    def another_check_raises_the_high(rt, symbol, slot, now, worker):
+        from catalyst.db.engine import session_scope
+
+        with session_scope() as s:  # lands after this check read the position, before it writes
+            s.get(Position, pos).high_watermark = 130.0
+        return real(rt, symbol, slot, now, worker)
+
+    with market_at(url, tmp_path, 105, prices=dip):
+        pos = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        monkeypatch.setattr(monitor, "shared_indicators", another_check_raises_the_high)
+        assert check(pos, 105) == "hold"
+        held = query(lambda s: s.get(Position, pos))
+        status = query(lambda s: s.get(PositionMonitorStatus, pos))
+    assert held.status == "open" and held.last_price == pytest.approx(97.6, abs=0.2)
+    assert held.high_watermark == 130.0 and status.high_watermark == 130.0
