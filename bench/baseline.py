@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from bench import procs
+from bench import cpu, procs
 
 WARM_UP_TASKS = 50
 MIN_TASKS = 1000  # fewer drain in ~0.1 s: start-up noise, not throughput
@@ -45,12 +45,14 @@ def measure(redis_url: str, n: int, concurrency: int, log_dir: Path) -> dict:
         _publish(noop_app.app, WARM_UP_TASKS)
         _wait_done(client, noop_app.DONE_KEY, WARM_UP_TASKS, timeout=60)
         client.delete(noop_app.DONE_KEY)
+        cpu_before = cpu.snapshot(worker=worker.popen.pid, redis_url=redis_url)
         started = time.perf_counter()
         _publish(noop_app.app, n)
         published = time.perf_counter() - started
         _wait_done(client, noop_app.DONE_KEY, n, timeout=max(60.0, n / 50))
         drain = time.perf_counter() - started
+        cpu_ms = cpu.per_item_ms(cpu_before, cpu.snapshot(worker=worker.popen.pid, redis_url=redis_url), n)
     finally:
         procs.stop(worker)
     return {"tasks": n, "drain_s": round(drain, 3), "publish_s": round(published, 3),
-            "tasks_per_s": round(n / drain, 1)}
+            "tasks_per_s": round(n / drain, 1), "cpu_ms_per_task": cpu_ms}

@@ -41,7 +41,8 @@ REQUIRED = ("n", "concurrency", "symbols", "cycle_s", "checks_per_s", "bare_task
             "pg.inserted_per_check", "pg.updated_per_check", "pg.round_trips_source", "beat_send_s_per_slot",
             "exit_latency.exits", "exit_latency.decision_to_order_p50_ms", "exit_latency.decision_to_order_p99_ms",
             "exit_latency.slot_to_order_p99_s", "rss.start.total_mb", "rss.end.total_mb",
-            "rss.end.max_process_mb", "rss.growth_pct", "rss.growth_after_warm_up_pct", "events.beat_lease_acquired")
+            "rss.end.max_process_mb", "rss.growth_pct", "rss.growth_after_warm_up_pct", "events.beat_lease_acquired",
+            "cpu_ms_per_check.total", "bare_celery.cpu_ms_per_task.total")
 
 
 def _ints(text: str) -> list[int]:
@@ -107,7 +108,7 @@ def _clean_environment() -> None:
 
 def table(runs: list[dict]) -> str:
     head = ("N", "c", "cycle s", "checks/s", "bare/s", "ratio", "xact/chk", "rows/chk", "rt/chk",
-            "beat s/slot", "exit p50 ms", "exit p99 ms", "RSS MB start→end")
+            "beat s/slot", "exit p50 ms", "exit p99 ms", "RSS MB start→end", "CPU ms/chk", "bare CPU ms")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in runs:
         rt = r["pg"]["round_trips_per_check"]
@@ -116,7 +117,8 @@ def table(runs: list[dict]) -> str:
             r["pg"]["transactions_per_check"], r["pg"]["rows_written_per_check"], "n/a" if rt is None else rt,
             r["beat_send_s_per_slot"], r["exit_latency"]["decision_to_order_p50_ms"],
             r["exit_latency"]["decision_to_order_p99_ms"],
-            f"{r['rss']['start']['total_mb']}→{r['rss']['end']['total_mb']}")))
+            f"{r['rss']['start']['total_mb']}→{r['rss']['end']['total_mb']}", r["cpu_ms_per_check"]["total"],
+            r["bare_celery"]["cpu_ms_per_task"]["total"])))
     return "\n".join(lines)
 
 

@@ -13,6 +13,9 @@ How each number is taken (nothing is read from the code under test, only from wh
 - beat seconds per slot: first → last ``schedule_entries.last_sent_at`` of the slot's monitor entries;
 - decision → order: the exit decision's ``decided_at`` → the exit order's ``submitted_at`` (both market
   time, divided by the speed);
+- CPU per check: user + system seconds of the worker's main process, its pool children, beat, every PostgreSQL
+  server process and the Redis server (/proc and INFO), from just before each measured slot is due to its last
+  check (what the cycle costs); what they spend between cycles is reported apart, in cores (``idle_cores``);
 - RSS: the worker's main process and pool children from /proc, once online, after the warm-up slot and after the run.
 """
 
@@ -28,7 +31,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from bench import baseline, pg, procs, universe
+from bench import baseline, cpu, pg, procs, universe
 
 START = datetime(2025, 3, 4, 10, 0, tzinfo=universe.EASTERN)  # sim time at the anchor; the first slot
 INTERVAL = 60.0  # MONITOR_CHECK_INTERVAL, market seconds
@@ -212,18 +215,26 @@ def run(cfg: RunConfig) -> dict:
         procs.wait_log(worker, "worker_online", timeout=120)
         rss_start = procs.worker_rss(worker)
         beat = procs.catalyst_beat(env, logs)
+        groups = {"worker": worker.popen.pid, "beat": beat.popen.pid, "postmaster": cpu.postmaster_pid(cfg.pg_admin),
+                  "redis_url": cfg.redis_url}
         first = _first_slot(probe, cfg.n, timeout=120)
         slots = [first + timedelta(seconds=INTERVAL * i) for i in range(cfg.rounds + 2)]
         warm = _cycle(probe, cfg, anchor, slots[0])
         rss_warm = procs.worker_rss(worker)  # every child has run checks: first-use growth is behind us
-        cycles, before = [], None
+        cycles, before, in_cycles = [], None, []
         for slot in slots[1:-1]:
             _sleep_until(_wall(anchor, slot, cfg.speed) - min(1.0, 0.2 * INTERVAL / cfg.speed))
             if before is None:
                 before, own_before = pg.snapshot(name, with_statements, cfg.pg_admin), probe.transactions
+                cpu_before, cpu_wall = cpu.snapshot(**groups), time.time()
+            cycle_start = cpu.snapshot(**groups)
             cycles.append(_cycle(probe, cfg, anchor, slot))
+            in_cycles.append((cycle_start, cpu.snapshot(**groups)))
         _sleep_until(_wall(anchor, slots[-1], cfg.speed) - min(1.5, 0.25 * INTERVAL / cfg.speed))
         after = pg.snapshot(name, with_statements, cfg.pg_admin)
+        cpu_all = cpu.per_item_ms(cpu_before, cpu.snapshot(**groups), cfg.n * cfg.rounds)
+        cpu_interval_s = time.time() - cpu_wall
+        cpu_ms = cpu.per_item_ms(*cpu.summed(in_cycles), cfg.n * cfg.rounds)
         per_check = _pg_per_check(after.minus(before), probe.transactions - own_before, cfg.n * cfg.rounds)
         crossed = universe.spread(ids, cfg.exits)
         universe.cross_stops(url, crossed)
@@ -246,7 +257,12 @@ def run(cfg: RunConfig) -> dict:
             "bare_celery": bare, "bare_tasks_per_s": bare["tasks_per_s"],
             "ratio": round(checks_per_s / bare["tasks_per_s"], 3), "pg": per_check,
             "beat_send_s_per_slot": round(statistics.median(sends), 3) if sends else None,
-            "exit_latency": latency,
+            "exit_latency": latency, "cpu_ms_per_check": cpu_ms,
+            # CPU the checks of a cycle need, in cores: near the box's core count, the cycle is CPU-bound
+            "cores_needed": round(cpu_ms["total"] * checks_per_s / 1000, 2),
+            # the stack's CPU between cycles (beat's ticks, heartbeats, idle polling), in cores
+            "idle_cores": round(max(0.0, cpu_all["total"] - cpu_ms["total"]) * cfg.n * cfg.rounds / 1000
+                                / max(1e-9, cpu_interval_s - sum(c["cycle_s"] for c in cycles)), 3),
             "rss": {"start": rss_start, "warm": rss_warm, "end": rss_end,
                     "growth_pct": round(100 * (rss_end["total_mb"] / rss_start["total_mb"] - 1), 1),
                     "growth_after_warm_up_pct": round(100 * (rss_end["total_mb"] / rss_warm["total_mb"] - 1), 1)},

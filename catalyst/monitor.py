@@ -2,23 +2,20 @@
 
 Decision flow (DESIGN.md §3): any STRONG signal exits now; otherwise any MODERATE signal asks
 the advisor (which falls back to the configured rule when it cannot answer); WEAK signals are
-recorded and the position is held. Every check writes a ``decisions`` row with all triggering
-signals and their numbers, and refreshes ``position_monitor_status``.
+recorded and the position is held. A check worth an audit row (the first, any signal, advice, an exit, a change
+of action) writes a ``decisions`` row with all triggering signals and their numbers; every check refreshes
+``position_monitor_status``. A symbol's indicators are computed once per slot and stored for every check of it.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
-from catalyst import leases, monitor_store
+from catalyst import monitor_store
 from catalyst.db.engine import get_engine, session_scope
 from catalyst.db.models import IndicatorSnapshot, Position, PositionMonitorStatus
 from catalyst.core.exits import ExitAssessment, HeldPosition, MarketFacts, assess_exit
@@ -34,7 +31,6 @@ from catalyst.runtime import Runtime
 
 log = structlog.get_logger("catalyst.monitor")
 INDICATOR_BARS = 200  # pandas-ta's RSI needs ~150 bars to settle (RSI_STABLE_BARS); MACD needs 34
-INDICATOR_WAIT_SECONDS = 3.0
 # pandas-ta seeds RSI's Wilder average with the first change alone, so a short history can read 80
 # where the settled value is 50: below this many bars RSI is "unknown" rather than trusted.
 RSI_TRUSTED_BARS = 60
@@ -72,15 +68,17 @@ _recent_lock = threading.Lock()
 RECENT_SLOTS = 2
 
 
-def shared_indicators(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None) -> IndicatorSnapshot:
+def shared_indicators(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None,
+                      db: CheckDB | None = None) -> IndicatorSnapshot:
     """Indicators for ``symbol`` in cycle ``slot``: the first check computes and stores them, the rest read
-    (each process reads a symbol's snapshot once per slot, then keeps it: snapshots never change)."""
+    (each process reads a symbol's snapshot once per slot, then keeps it: snapshots never change).
+
+    ``db``: where to read and store (a check's lock connection: one statement each, no transaction)."""
     key = (get_engine(), symbol, slot)
     if (found := _recent.get(key)) is not None:
         return found
-    snapshot = _shared_snapshot(rt, symbol, slot, now, worker)
-    if snapshot.id is not None:  # stored (not a stand-in computed while another check's computation hung)
-        _remember(key, snapshot)
+    snapshot = _shared_snapshot(rt, symbol, slot, now, worker, db or CheckDB())
+    _remember(key, snapshot)
     return snapshot
 
 
@@ -95,37 +93,21 @@ def _remember(key: tuple[object, str, datetime], snapshot: IndicatorSnapshot) ->
             del _recent[k]
 
 
-def _shared_snapshot(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None) -> IndicatorSnapshot:
-    found = _snapshot(symbol, slot)
-    if found is not None:
+def _shared_snapshot(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None,
+                     db: CheckDB) -> IndicatorSnapshot:
+    """The slot's stored snapshot, or this one computed and stored. No lock around the computation: two processes
+    that miss at the same moment both compute (a few ms), the first row stored wins and both use it."""
+    if (found := monitor_store.find_snapshot(db, symbol, slot)) is not None:
         return found
-    holder = f"{worker}:{uuid.uuid4().hex[:12]}"
-    name = f"indicators:{symbol}:{slot.isoformat()}"
-    if leases.acquire(name, holder, ttl=30) is None:
-        deadline = time.monotonic() + INDICATOR_WAIT_SECONDS
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            if (found := _snapshot(symbol, slot)) is not None:
-                return found
-        return _compute(rt, symbol, slot, now, worker)  # the other computer is stuck: don't block the check
-    try:
-        snapshot = _compute(rt, symbol, slot, now, worker)
-        try:
-            with session_scope() as s:
-                s.add(snapshot)
-        except IntegrityError:
-            return _snapshot(symbol, slot)
-        log.info("indicators_computed", symbol=symbol, slot=slot.isoformat(), rsi=snapshot.rsi,
-                 macd_hist=snapshot.macd_hist, bars=snapshot.bars)
-        return snapshot
-    finally:
-        leases.release(name, holder)
-
-
-def _snapshot(symbol: str, slot: datetime) -> IndicatorSnapshot | None:
-    with session_scope() as s:
-        return s.scalar(select(IndicatorSnapshot).where(IndicatorSnapshot.symbol == symbol,
-                                                        IndicatorSnapshot.slot_at == slot))
+    snapshot = _compute(rt, symbol, slot, now, worker)
+    if not monitor_store.store_snapshot(db, snapshot):
+        stored = monitor_store.find_snapshot(db, symbol, slot)
+        if stored is None:  # stored and already deleted (retention of a long-gone slot): use what we computed
+            return snapshot
+        return stored
+    log.info("indicators_computed", symbol=symbol, slot=slot.isoformat(), rsi=snapshot.rsi,
+             macd_hist=snapshot.macd_hist, bars=snapshot.bars)
+    return snapshot
 
 
 def _compute(rt: Runtime, symbol: str, slot: datetime, now: datetime, worker: str | None) -> IndicatorSnapshot:
@@ -167,7 +149,7 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None, slo
     if rt.broker.supports_legs and (closed := _closed_by_leg(rt, position_id, view, slot, worker)) is not None:
         return closed
     quote = rt.market_data.quote(view.symbol, now)
-    snap = shared_indicators(rt, view.symbol, slot, now, worker)
+    snap = shared_indicators(rt, view.symbol, slot, now, worker, db)
     now = rt.clock.now()  # judge at the time the facts arrived (a batched fetch may have taken a moment)
     facts = MarketFacts(rsi=snap.rsi, macd_hist=snap.macd_hist, recent_volume=snap.recent_volume,
                         minutes_to_close=rt.calendar.minutes_to_close(now))

@@ -19,11 +19,12 @@ from sqlalchemy import Float, bindparam, func, literal, select, update
 from sqlalchemy.engine import Connection, Row
 
 from catalyst.db.engine import get_engine
-from catalyst.db.models import Position, PositionMonitorStatus
+from catalyst.db.models import IndicatorSnapshot, Position, PositionMonitorStatus
 from catalyst.records import wall_now
 
 POSITION = Position.__table__
 STATUS = PositionMonitorStatus.__table__
+SNAPSHOT = IndicatorSnapshot.__table__
 
 
 class CheckDB:
@@ -125,3 +126,32 @@ def _on_conflict(upsert):
     return upsert.on_conflict_do_update(
         index_elements=[STATUS.c.position_id],
         set_={**{f: excluded[f] for f in _HOLD_FIELDS}, "checks": STATUS.c.checks + 1})
+
+
+# -- a symbol's indicators for a slot: one row, whoever computes it first ----------------------------------------
+_FIND_SNAPSHOT = select(SNAPSHOT).where(SNAPSHOT.c.symbol == bindparam("symbol"), SNAPSHOT.c.slot_at == bindparam("slot"))
+
+
+def find_snapshot(db: CheckDB, symbol: str, slot: datetime) -> IndicatorSnapshot | None:
+    """The stored snapshot of ``symbol`` for ``slot`` (a detached copy), or None."""
+    with db.statement() as conn:
+        row = conn.execute(_FIND_SNAPSHOT, {"symbol": symbol, "slot": slot}).first()
+    return None if row is None else IndicatorSnapshot(**row._mapping)
+
+
+def store_snapshot(db: CheckDB, snapshot: IndicatorSnapshot) -> bool:
+    """Store a computed snapshot unless one for its symbol and slot is already there; True (and its ``id`` set) if
+    this one was stored. Racing computers are not locked out: the first row wins and everyone uses it."""
+    values = {c.key: getattr(snapshot, c.key) for c in SNAPSHOT.columns if c.key != "id"}
+    with db.statement() as conn:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(SNAPSHOT).values(**values).on_conflict_do_nothing(
+            index_elements=[SNAPSHOT.c.symbol, SNAPSHOT.c.slot_at]).returning(SNAPSHOT.c.id)
+        stored = conn.execute(stmt).scalar()
+    if stored is None:
+        return False
+    snapshot.id = stored
+    return True

@@ -189,3 +189,33 @@ def test_a_late_quiet_hold_never_lowers_the_high_watermark_another_check_wrote(b
         status = query(lambda s: s.get(PositionMonitorStatus, pid))
     assert held.high_watermark == status.high_watermark == 104.0
     assert held.last_price == status.price == 101.0 and status.checks == 2
+
+
+def test_a_symbols_indicators_cost_one_read_and_one_insert_per_slot_and_no_lease_rows(counted_pg, tmp_path):
+    """The first check of a symbol in a slot computes and stores its indicators; the process keeps them, so its
+    next check of that symbol in that slot sends no indicator statement at all."""
+    import catalyst.monitor as monitor
+
+    server, url = counted_pg
+    with market_at(url, tmp_path, 100):
+        first = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        second = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        flush_counts(force=True)
+        reset_statements(server)
+        assert check(first, 100) == "hold"
+        computed = statements_since_reset(server)
+        reset_statements(server)
+        assert check(second, 100) == "hold"
+        cached = statements_since_reset(server)
+        monitor._recent.clear()  # another process: it has not read this slot's snapshot yet
+        reset_statements(server)
+        assert check(first, 100) == "hold"
+        read = statements_since_reset(server)
+
+    def touching(sent, table):
+        return sum(calls for q, calls in sent if table in q and "pg_stat_statements" not in q)
+
+    assert touching(computed, "leases") == touching(read, "leases") == 0, computed
+    assert touching(computed, "indicator_snapshots") == 2, computed  # looked for, then stored
+    assert touching(cached, "indicator_snapshots") == 0, cached
+    assert touching(read, "indicator_snapshots") == 1, read

@@ -85,12 +85,12 @@ def test_a_check_with_a_signal_never_lowers_a_high_watermark_another_check_raise
     dip = QUIET[:100] + [97.6] * 20 + QUIET[120:]  # a WEAK stop-loss signal at minutes 100-119: an audited check
     real = monitor.shared_indicators
 
-    def another_check_raises_the_high(rt, symbol, slot, now, worker):
+    def another_check_raises_the_high(rt, symbol, slot, now, worker, db=None):
         from catalyst.db.engine import session_scope
 
         with session_scope() as s:  # lands after this check read the position, before it writes
             s.get(Position, pos).high_watermark = 130.0
-        return real(rt, symbol, slot, now, worker)
+        return real(rt, symbol, slot, now, worker, db)
 
     with market_at(url, tmp_path, 105, prices=dip):
         pos = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
