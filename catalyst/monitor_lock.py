@@ -1,8 +1,9 @@
 """One check of a position at a time, for the price of two statements and no transaction.
 
 On PostgreSQL a check holds a session-level advisory lock, ``pg_try_advisory_lock(LOCK_CLASS, position_id)``, on
-a pooled connection of its own in autocommit mode: one round trip to take it, one to give it back, no row written
-and no BEGIN/COMMIT. A worker that dies mid-check loses its connection and PostgreSQL ends the lock with the
+a pooled connection of its own in autocommit mode: one round trip to take it, one to give it back (or none: a quiet
+hold's write gives it back in the same statement, see :mod:`catalyst.monitor_store`), no row written and no
+BEGIN/COMMIT. A worker that dies mid-check loses its connection and PostgreSQL ends the lock with the
 session, so the next check runs at once instead of after a lease's TTL.
 
 On SQLite (the embedded default, one machine) there are no advisory locks: the check keeps the expiring lease in
@@ -115,10 +116,14 @@ def check_lock(position_id: int, holder: str | None = None, ttl: float = 60.0) -
     if conn is None:
         yield None
         return
+    db = CheckDB(conn, lock_key=(LOCK_CLASS, position_id))
     try:
-        yield CheckDB(conn)
+        yield db
     finally:
-        _give_back(conn, position_id)
+        if db.released:  # the check's last write gave the lock back with it
+            conn.close()
+        else:
+            _give_back(conn, position_id)
 
 
 def _take(position_id: int):

@@ -1,7 +1,8 @@
 """A monitor check's own reads and writes, one statement each (issue 11: a check that costs what a task costs).
 
-A quiet hold — a price, no signal, the same plain hold as last time — needs only two statements besides its
-lock: one read of the position with its status row, one write of its price, high-watermark and status counters.
+A quiet hold — a price, no signal, the same plain hold as last time — costs three statements with its lock: the
+lock, one read of the position with its status row, one write of its price and status counters that also gives
+the lock back.
 On PostgreSQL both travel on the connection that holds the check's advisory lock (autocommit, no pre-ping, no
 BEGIN/COMMIT), so a check whose lock died with its session cannot write either; elsewhere (the embedded SQLite
 default) each is a short transaction of its own. Everything else a check may write (decisions, advice, exits)
@@ -28,10 +29,16 @@ SNAPSHOT = IndicatorSnapshot.__table__
 
 
 class CheckDB:
-    """Where one check reads and writes: the lock's own connection when it has one, else the main engine."""
+    """Where one check reads and writes: the lock's own connection when it has one, else the main engine.
 
-    def __init__(self, connection: Connection | None = None) -> None:
+    ``lock_key``: the advisory lock that connection holds for the check; a quiet hold's write gives it back in the
+    same statement and sets ``released``, so the lock's owner does not send an unlock of its own.
+    """
+
+    def __init__(self, connection: Connection | None = None, lock_key: tuple[int, int] | None = None) -> None:
         self.connection = connection
+        self.lock_key = lock_key
+        self.released = False
 
     @contextmanager
     def statement(self) -> Iterator[Connection]:
@@ -67,6 +74,11 @@ def record_quiet_hold(db: CheckDB, *, position_id: int, now: datetime, price: fl
     params = {"pid": position_id, "now": now, "wall": wall_now(), "price": price, "pnl_pct": pnl_pct,
               "hwm": high_watermark, "signals": [], "decision": "hold"}
     with db.statement() as conn:
+        if conn.dialect.name == "postgresql" and db.lock_key is not None and not db.released:
+            params["cls"], params["key"] = db.lock_key
+            released, written = conn.execute(_pg_quiet_hold_and_unlock(), params).one()
+            db.released = bool(released)
+            return written is not None
         if conn.dialect.name == "postgresql":
             return conn.execute(_pg_quiet_hold(), params).first() is not None
         if conn.execute(_sqlite_move(), params).rowcount != 1:
@@ -102,6 +114,19 @@ def _pg_quiet_hold():
     source = select(held.c.id, held.c.symbol, *values, literal(1))
     upsert = insert(STATUS).from_select(["position_id", "symbol", *_HOLD_FIELDS, "checks"], source)
     return _on_conflict(upsert).returning(STATUS.c.position_id)
+
+
+@functools.cache
+def _pg_quiet_hold_and_unlock():
+    """The quiet hold and the check's advisory unlock in one statement (one round trip instead of two).
+
+    The unlock takes effect as the statement runs, a moment before its write commits: a check of the same position
+    that takes the lock in that moment reads the price and counter of the check before. A quiet hold changes
+    nothing else (a new high goes through the main pool, before this), so nothing that check judges by is missed.
+    """
+    written = _pg_quiet_hold().cte("written")
+    return select(func.pg_advisory_unlock(bindparam("cls"), bindparam("key")).label("released"),
+                  select(written.c.position_id).scalar_subquery().label("written"))
 
 
 @functools.cache

@@ -74,7 +74,7 @@ def check(pid: int, minute: int) -> str:
     return monitor_position(pid, slot=slot.isoformat())
 
 
-def test_a_quiet_hold_costs_at_most_four_round_trips_and_no_decision_row(counted_pg, tmp_path):
+def test_a_quiet_hold_costs_at_most_three_round_trips_and_no_decision_row(counted_pg, tmp_path):
     server, url = counted_pg
     with market_at(url, tmp_path, 100):
         pid = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
@@ -89,7 +89,7 @@ def test_a_quiet_hold_costs_at_most_four_round_trips_and_no_decision_row(counted
         decisions_after = len(rows(Decision))
         status = query(lambda s: s.get(PositionMonitorStatus, pid))
     round_trips = sum(calls for q, calls in sent if "pg_stat_statements" not in q)
-    assert round_trips <= 4, sent
+    assert round_trips <= 3, sent
     assert decisions_after == decisions_before  # a plain hold again: no new audit row
     assert not [q for q, _ in sent if q.strip().upper() in ("BEGIN", "COMMIT", "SELECT $1", "SELECT 1")], sent
     assert status.checks == 2 and status.last_decision == "hold" and status.price is not None

@@ -100,3 +100,25 @@ def test_a_check_with_a_signal_never_lowers_a_high_watermark_another_check_raise
         status = query(lambda s: s.get(PositionMonitorStatus, pos))
     assert held.status == "open" and held.last_price == pytest.approx(97.6, abs=0.2)
     assert held.high_watermark == 130.0 and status.high_watermark == 130.0
+
+
+def test_a_quiet_hold_gives_its_lock_back_with_its_write_and_leaves_no_lock_behind(pg_url, tmp_path, capsys):
+    """The write that records a quiet hold also ends the check's advisory lock: after each check no session holds
+    it, nothing tried to release it twice, and the next check of the position runs."""
+    from catalyst.monitor_lock import LOCK_CLASS
+
+    def advisory_locks_on(pid):
+        with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+            return admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                                 "AND objid = %s", (LOCK_CLASS, pid)).fetchone()[0]
+
+    with market_at(pg_url, tmp_path, 100):
+        pos = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        held_after = []
+        for minute in (100, 101, 102, 103):
+            assert check(pos, minute) == "hold"
+            held_after.append(advisory_locks_on(pos))
+        status = query(lambda s: s.get(PositionMonitorStatus, pos))
+    assert held_after == [0, 0, 0, 0]
+    assert status.checks == 4 and status.last_decision == "hold"
+    assert "monitor_lock_release_failed" not in capsys.readouterr().out
