@@ -1,9 +1,9 @@
 """One check of a position at a time, for the price of two statements and no transaction.
 
 On PostgreSQL a check holds a session-level advisory lock, ``pg_try_advisory_lock(LOCK_CLASS, position_id)``, on
-a pooled connection of its own in autocommit mode: one round trip to take it, one to give it back (or none: a quiet
-hold's write gives it back in the same statement, see :mod:`catalyst.monitor_store`), no row written and no
-BEGIN/COMMIT. A worker that dies mid-check loses its connection and PostgreSQL ends the lock with the
+a pooled connection of its own in autocommit mode: one round trip to take it (which also brings the position's
+row back), one to give it back (or none: a quiet hold's write gives it back in the same statement, see
+:mod:`catalyst.monitor_store`), no row written and no BEGIN/COMMIT. A worker that dies mid-check loses its connection and PostgreSQL ends the lock with the
 session, so the next check runs at once instead of after a lease's TTL.
 
 On SQLite (the embedded default, one machine) there are no advisory locks: the check keeps the expiring lease in
@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from catalyst import leases
 from catalyst.db.engine import CONNECT_TIMEOUT, get_engine
-from catalyst.monitor_store import CheckDB
+from catalyst.monitor_store import CheckDB, try_lock_and_load
 
 log = structlog.get_logger("catalyst.monitor_lock")
 
@@ -36,7 +36,6 @@ INT4_MAX = 2**31 - 1
 # Server-side TCP keepalive of a lock session: idle s, interval s, count, user timeout ms (about 25-30 s to notice).
 SERVER_KEEPALIVE = (10, 5, 3, 30_000)
 
-_TRY = text("SELECT pg_try_advisory_lock(:cls, :key)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:cls, :key)")
 
 _lock = threading.Lock()
@@ -112,11 +111,12 @@ def check_lock(position_id: int, holder: str | None = None, ttl: float = 60.0) -
         return
     if not 0 < position_id <= INT4_MAX:
         raise ValueError(f"position id {position_id} does not fit an advisory lock key")
-    conn = _take(position_id)
-    if conn is None:
+    taken = _take(position_id)
+    if taken is None:
         yield None
         return
-    db = CheckDB(conn, lock_key=(LOCK_CLASS, position_id))
+    conn, loaded = taken
+    db = CheckDB(conn, lock_key=(LOCK_CLASS, position_id), loaded=loaded)
     try:
         yield db
     finally:
@@ -127,25 +127,23 @@ def check_lock(position_id: int, holder: str | None = None, ttl: float = 60.0) -
 
 
 def _take(position_id: int):
-    """The connection now holding the lock, or None if another session holds it (the connection is returned)."""
+    """(the connection now holding the lock, the position as read just after), or None if another session holds
+    it (the connection is returned). The lock and the read go in one round trip (:func:`try_lock_and_load`)."""
     engine = lock_engine()
     for attempt in (1, 2):
         conn = engine.connect()
         try:
-            held = conn.execute(_TRY, {"cls": LOCK_CLASS, "key": position_id}).scalar()
-        except DBAPIError as exc:
-            conn.close()
-            # A pooled connection the server dropped (restart, failover): once more on a new one.
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-            log.info("monitor_lock_reconnect", position_id=position_id)
-            continue
-        except BaseException:  # a time limit or an interrupt: the lock may have been granted; end the session
+            held, loaded = try_lock_and_load(conn, LOCK_CLASS, position_id)
+        except BaseException as exc:  # the lock may have been granted: end the session, which ends the lock
             conn.invalidate()
             conn.close()
+            # A pooled connection the server dropped (restart, failover): once more on a new one.
+            if attempt == 1 and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                log.info("monitor_lock_reconnect", position_id=position_id)
+                continue
             raise
         if held:
-            return conn
+            return conn, loaded
         conn.close()
         return None
     raise AssertionError("unreachable")

@@ -1,8 +1,8 @@
 """A monitor check's own reads and writes, one statement each (issue 11: a check that costs what a task costs).
 
-A quiet hold — a price, no signal, the same plain hold as last time — costs three statements with its lock: the
-lock, one read of the position with its status row, one write of its price and status counters that also gives
-the lock back.
+A quiet hold — a price, no signal, the same plain hold as last time — costs two round trips with its lock: the lock
+and one read of the position with its status row (two statements sent together), then one write of its price and
+status counters that also gives the lock back.
 On PostgreSQL both travel on the connection that holds the check's advisory lock (autocommit, no pre-ping, no
 BEGIN/COMMIT), so a check whose lock died with its session cannot write either; elsewhere (the embedded SQLite
 default) each is a short transaction of its own. Everything else a check may write (decisions, advice, exits)
@@ -35,10 +35,12 @@ class CheckDB:
     same statement and sets ``released``, so the lock's owner does not send an unlock of its own.
     """
 
-    def __init__(self, connection: Connection | None = None, lock_key: tuple[int, int] | None = None) -> None:
+    def __init__(self, connection: Connection | None = None, lock_key: tuple[int, int] | None = None,
+                 loaded: Row | None = None) -> None:
         self.connection = connection
         self.lock_key = lock_key
         self.released = False
+        self.loaded = loaded  # the position as read right after the lock was taken, in the same round trip
 
     @contextmanager
     def statement(self) -> Iterator[Connection]:
@@ -60,8 +62,58 @@ _HOLD_FIELDS = ("last_check_at", "updated_at", "price", "pnl_pct", "high_waterma
 
 def load(db: CheckDB, position_id: int) -> Row | None:
     """The position's columns plus its status row's ``last_decision`` (None before the first check)."""
+    if db.loaded is not None and db.loaded.id == position_id:
+        loaded, db.loaded = db.loaded, None
+        return loaded
     with db.statement() as conn:
         return conn.execute(_LOAD, {"pid": position_id}).first()
+
+
+def try_lock_and_load(conn: Connection, lock_class: int, position_id: int) -> tuple[bool, Row | None]:
+    """``pg_try_advisory_lock`` and the position's read in one round trip: two statements in one query string.
+
+    Two statements, not one, so that the read's snapshot is taken after the lock is granted and sees every write
+    the previous holder committed before giving it back. A query string of several statements goes by the simple
+    protocol, which takes no parameters: the two integers are rendered into it (both are ints, checked here).
+    Whoever calls must end the session on any error (the lock may have been granted).
+    """
+    sql = _lock_and_load_sql() % {"cls": int(lock_class), "pid": int(position_id)}
+    result = conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+    try:
+        cursor = result.cursor  # the driver's: SQLAlchemy's result sees the first statement's rows only
+        held = bool(cursor.fetchone()[0])
+        cursor.nextset()
+        columns = tuple((d.name, d.type_code) for d in cursor.description)
+        row = cursor.fetchone()
+    finally:
+        result.close()
+    if row is None:
+        return held, None
+    processors = _load_processors(conn.dialect, tuple(code for _, code in columns))
+    return held, _load_row(tuple(name for name, _ in columns))(*(p(v) if p else v for p, v in zip(processors, row)))
+
+
+@functools.cache
+def _lock_and_load_sql() -> str:
+    from sqlalchemy.dialects import postgresql
+
+    load = str(_LOAD.compile(dialect=postgresql.dialect(paramstyle="pyformat")))
+    assert load.count("%") == 1 and "%(pid)s" in load, load  # the only placeholder; nothing else to escape
+    return "SELECT pg_try_advisory_lock(%(cls)d, %(pid)d); " + load.replace("%(pid)s", "%(pid)d")
+
+
+@functools.cache
+def _load_processors(dialect, type_codes: tuple[int, ...]) -> tuple:
+    """What SQLAlchemy does to each column of ``_LOAD`` on the way out (aware UTC datetimes...), given the
+    server's type of each column as the driver reported it."""
+    return tuple(c.type._cached_result_processor(dialect, code) for c, code in zip(_LOAD.selected_columns, type_codes))
+
+
+@functools.cache
+def _load_row(names: tuple[str, ...]):
+    from collections import namedtuple
+
+    return namedtuple("LoadedPosition", names)
 
 
 def record_quiet_hold(db: CheckDB, *, position_id: int, now: datetime, price: float, pnl_pct: float,

@@ -8,6 +8,7 @@ change of action, an exit) still writes one.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -74,7 +75,30 @@ def check(pid: int, minute: int) -> str:
     return monitor_position(pid, slot=slot.isoformat())
 
 
-def test_a_quiet_hold_costs_at_most_three_round_trips_and_no_decision_row(counted_pg, tmp_path):
+@contextlib.contextmanager
+def round_trips_counted():
+    """Every query string sent to the server by this process's pools (a string of two statements is one trip)."""
+    from sqlalchemy import event
+
+    from catalyst.db.engine import get_engine
+    from catalyst.monitor_lock import lock_engine
+
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, *_):
+        sent.append(statement)
+
+    engines = [get_engine(), lock_engine()]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_quiet_hold_costs_two_round_trips_three_statements_and_no_decision_row(counted_pg, tmp_path):
     server, url = counted_pg
     with market_at(url, tmp_path, 100):
         pid = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
@@ -84,12 +108,14 @@ def test_a_quiet_hold_costs_at_most_three_round_trips_and_no_decision_row(counte
         decisions_before = len(rows(Decision))
         flush_counts(force=True)  # counts earlier tests of this process left are not this check's cost
         reset_statements(server)
-        assert check(pid, 100) == "hold"
+        with round_trips_counted() as trips:
+            assert check(pid, 100) == "hold"
         sent = statements_since_reset(server)
         decisions_after = len(rows(Decision))
         status = query(lambda s: s.get(PositionMonitorStatus, pid))
-    round_trips = sum(calls for q, calls in sent if "pg_stat_statements" not in q)
-    assert round_trips <= 3, sent
+    statements = sum(calls for q, calls in sent if "pg_stat_statements" not in q)
+    assert statements <= 3, sent  # lock, read, write-and-unlock
+    assert len(trips) == 2, trips  # the lock and the read travel together
     assert decisions_after == decisions_before  # a plain hold again: no new audit row
     assert not [q for q, _ in sent if q.strip().upper() in ("BEGIN", "COMMIT", "SELECT $1", "SELECT 1")], sent
     assert status.checks == 2 and status.last_decision == "hold" and status.price is not None

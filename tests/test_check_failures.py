@@ -122,3 +122,22 @@ def test_a_quiet_hold_gives_its_lock_back_with_its_write_and_leaves_no_lock_behi
     assert held_after == [0, 0, 0, 0]
     assert status.checks == 4 and status.last_decision == "hold"
     assert "monitor_lock_release_failed" not in capsys.readouterr().out
+
+
+def test_the_position_read_with_the_lock_is_the_same_as_a_plain_read(pg_url, tmp_path):
+    """The read that travels with the lock bypasses SQLAlchemy's result rows: every field, and its type (aware UTC
+    times, floats, text), must be what the ORM's read gives."""
+    from catalyst.monitor_lock import check_lock
+    from catalyst.monitor_store import CheckDB, load
+
+    with market_at(pg_url, tmp_path, 100):
+        pos = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        assert check(pos, 100) == "hold"  # a status row, so last_decision is set
+        plain = load(CheckDB(), pos)
+        with check_lock(pos) as held:
+            assert held.loaded is not None
+            locked = load(held, pos)
+            assert held.loaded is None  # used once; a second load reads again
+    assert dict(plain._mapping) == locked._asdict()
+    assert [type(v) for v in plain] == [type(v) for v in locked]
+    assert locked.opened_at.utcoffset() == timedelta(0) and locked.last_decision == "hold"

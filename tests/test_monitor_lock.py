@@ -253,7 +253,7 @@ def test_an_interrupt_right_after_the_lock_was_granted_ends_the_session_and_the_
 
     from catalyst.monitor_lock import check_lock
 
-    real_execute = Connection.execute
+    real_execute = Connection.exec_driver_sql
 
     def execute_then_interrupt(self, statement, *args, **kwargs):
         result = real_execute(self, statement, *args, **kwargs)
@@ -262,11 +262,11 @@ def test_an_interrupt_right_after_the_lock_was_granted_ends_the_session_and_the_
         return result
 
     with environment({"DATABASE_URL": pg_url}):
-        monkeypatch.setattr(Connection, "execute", execute_then_interrupt)
+        monkeypatch.setattr(Connection, "exec_driver_sql", execute_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
             with check_lock(7):
                 pass
-        monkeypatch.setattr(Connection, "execute", real_execute)
+        monkeypatch.setattr(Connection, "exec_driver_sql", real_execute)
         wait_for(lambda: not held_by_anyone(pg_url, 7), 30, what="the interrupted lock to end with its session")
         with check_lock(7) as held:
             assert held is not None
