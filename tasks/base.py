@@ -13,6 +13,15 @@ from catalyst.positions import ExitRefused
 from catalyst.records import bump
 
 log = structlog.get_logger("catalyst.tasks")
+_signatures: dict[type, inspect.Signature] = {}
+
+
+def run_signature(task) -> inspect.Signature:
+    """The signature of a task's ``run``, worked out once per task class (every message of it is checked)."""
+    kind = type(task)
+    if kind not in _signatures:
+        _signatures[kind] = inspect.signature(task.run)
+    return _signatures[kind]
 
 
 class CatalystTask(Task):
@@ -24,7 +33,7 @@ class CatalystTask(Task):
 
     def __call__(self, *args, **kwargs):
         try:
-            inspect.signature(self.run).bind(*args, **kwargs)
+            run_signature(self).bind(*args, **kwargs)
         except TypeError as exc:
             detail = str(exc) if len(str(exc)) <= 120 else f"{str(exc)[:117]}..."  # a kwarg's name can be huge
             raise BadInput(f"{self.name}: malformed arguments: {detail}") from None

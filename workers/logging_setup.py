@@ -42,10 +42,10 @@ def _level() -> str:
 
 def _arguments(task, args, kwargs) -> dict:
     """The task's arguments by name (positional ones too), or only the keyword ones when they do not bind."""
-    import inspect
+    from tasks.base import run_signature
 
     try:
-        return dict(inspect.signature(task.run).bind_partial(*(args or ()), **(kwargs or {})).arguments)
+        return dict(run_signature(task).bind_partial(*(args or ()), **(kwargs or {})).arguments)
     except (TypeError, ValueError):
         return dict(kwargs or {})
 
