@@ -78,7 +78,8 @@ def shared_indicators(rt: Runtime, symbol: str, slot: datetime, now: datetime, w
     if (found := _recent.get(key)) is not None:
         return found
     snapshot = _shared_snapshot(rt, symbol, slot, now, worker, db or CheckDB())
-    _remember(key, snapshot)
+    if snapshot.id is not None:  # stored (not a stand-in for a row retention already deleted)
+        _remember(key, snapshot)
     return snapshot
 
 
@@ -162,8 +163,10 @@ def check_position(rt: Runtime, position_id: int, worker: str | None = None, slo
     if not rt.settings.monitor_record_holds and _is_quiet(assessment, advice, exits, position.last_decision):
         # A new high is protective state (the trailing stop measures from it): its write waits for the WAL flush.
         where = db if assessment.high_watermark <= view.high_watermark else CheckDB()
+        trails = not rt.settings.monitor_dry_run and rt.broker.supports_legs  # a broker call follows, under the lock
         if not monitor_store.record_quiet_hold(where, position_id=position_id, now=now, price=assessment.price,
-                                               pnl_pct=assessment.pnl_pct, high_watermark=assessment.high_watermark):
+                                               pnl_pct=assessment.pnl_pct, high_watermark=assessment.high_watermark,
+                                               last=not trails):
             return MonitorOutcome(position_id, "skipped", "not_open")  # closed meanwhile: its closer owns it now
         count(worker, checks=1, positions_checked=1)
         log.info("position_checked", position_id=position_id, symbol=view.symbol, action="hold", flow="none",

@@ -75,11 +75,14 @@ def _session_settings(dbapi_conn, _record) -> None:
       second of such writes, never corrupt anything, and the next check writes the price again. A new
       high-watermark is protective state and is written through the main pool instead (see
       ``catalyst.monitor.check_position``), as are the books (orders, fills, closes, decisions).
+    - ``read committed`` whatever the database's default: the position's read, sent with the lock in one query
+      string, must take its snapshot after the lock is granted (a per-statement snapshot).
     """
     with dbapi_conn.cursor() as cur:
         cur.execute(f"SET tcp_keepalives_idle = {SERVER_KEEPALIVE[0]}; SET tcp_keepalives_interval = "
                     f"{SERVER_KEEPALIVE[1]}; SET tcp_keepalives_count = {SERVER_KEEPALIVE[2]}; "
-                    f"SET tcp_user_timeout = {SERVER_KEEPALIVE[3]}; SET synchronous_commit = off")
+                    f"SET tcp_user_timeout = {SERVER_KEEPALIVE[3]}; SET synchronous_commit = off; "
+                    "SET default_transaction_isolation = 'read committed'")
 
 
 def _forget_inherited_pools() -> None:

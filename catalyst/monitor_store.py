@@ -2,7 +2,7 @@
 
 A quiet hold — a price, no signal, the same plain hold as last time — costs two round trips with its lock: the lock
 and one read of the position with its status row (two statements sent together), then one write of its price and
-status counters that also gives the lock back.
+status counters that also gives the lock back (unless a broker call follows that the lock must cover).
 On PostgreSQL both travel on the connection that holds the check's advisory lock (autocommit, no pre-ping, no
 BEGIN/COMMIT), so a check whose lock died with its session cannot write either; elsewhere (the embedded SQLite
 default) each is a short transaction of its own. Everything else a check may write (decisions, advice, exits)
@@ -117,18 +117,19 @@ def _load_row(names: tuple[str, ...]):
 
 
 def record_quiet_hold(db: CheckDB, *, position_id: int, now: datetime, price: float, pnl_pct: float,
-                      high_watermark: float) -> bool:
+                      high_watermark: float, last: bool = False) -> bool:
     """Write a plain hold: the position's price and high-watermark, the status row's time, price and counter.
 
     Only while the position is still open (a close that landed meanwhile wins). True if written. One statement on
     PostgreSQL (an ``UPDATE ... RETURNING`` feeding the status upsert); two in one transaction on SQLite.
+    ``last``: nothing the lock must cover follows (no broker call): the same statement gives the lock back.
     """
     params = {"pid": position_id, "now": now, "wall": wall_now(), "price": price, "pnl_pct": pnl_pct,
               "hwm": high_watermark, "signals": [], "decision": "hold"}
     with db.statement() as conn:
-        if conn.dialect.name == "postgresql" and db.lock_key is not None and not db.released:
+        if conn.dialect.name == "postgresql" and last and db.lock_key is not None and not db.released:
             params["cls"], params["key"] = db.lock_key
-            released, written = conn.execute(_pg_quiet_hold_and_unlock(), params).one()
+            written, released = conn.execute(_pg_quiet_hold_and_unlock(), params).one()
             db.released = bool(released)
             return written is not None
         if conn.dialect.name == "postgresql":
@@ -177,8 +178,9 @@ def _pg_quiet_hold_and_unlock():
     nothing else (a new high goes through the main pool, before this), so nothing that check judges by is missed.
     """
     written = _pg_quiet_hold().cte("written")
-    return select(func.pg_advisory_unlock(bindparam("cls"), bindparam("key")).label("released"),
-                  select(written.c.position_id).scalar_subquery().label("written"))
+    # The write first: its row locks are taken before the unlock is evaluated.
+    return select(select(written.c.position_id).scalar_subquery().label("written"),
+                  func.pg_advisory_unlock(bindparam("cls"), bindparam("key")).label("released"))
 
 
 @functools.cache

@@ -141,3 +141,30 @@ def test_the_position_read_with_the_lock_is_the_same_as_a_plain_read(pg_url, tmp
     assert dict(plain._mapping) == locked._asdict()
     assert [type(v) for v in plain] == [type(v) for v in locked]
     assert locked.opened_at.utcoffset() == timedelta(0) and locked.last_decision == "hold"
+
+
+def test_with_broker_legs_the_lock_still_covers_the_stop_trail_after_a_quiet_hold(pg_url, tmp_path, monkeypatch):
+    """On a broker with bracket legs a quiet check goes on to trail the broker's stop: the position stays locked
+    until that is done (two checks must never replace one stop at once), and is free afterwards."""
+    import catalyst.monitor as monitor
+    from catalyst.monitor_lock import LOCK_CLASS
+    from catalyst.runtime import get_runtime
+
+    def advisory_locks_on(pid):
+        with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+            return admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                                 "AND objid = %s AND granted", (LOCK_CLASS, pid)).fetchone()[0]
+
+    locked_while_trailing = []
+    with market_at(pg_url, tmp_path, 100):
+        pos = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
+        assert check(pos, 100) == "hold"  # the first check: an audit row; the next one is a quiet hold
+        monkeypatch.setattr(type(get_runtime().broker), "supports_legs", True)
+        monkeypatch.setattr(monitor, "_closed_by_leg", lambda *a, **k: None)
+        monkeypatch.setattr(monitor, "_trail_broker_stop",
+                            lambda rt, pid, a: locked_while_trailing.append(advisory_locks_on(pid)))
+        assert check(pos, 101) == "hold"
+        after = advisory_locks_on(pos)
+        status = query(lambda s: s.get(PositionMonitorStatus, pos))
+    assert locked_while_trailing == [1] and after == 0
+    assert status.checks == 2 and status.last_decision == "hold"

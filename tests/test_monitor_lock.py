@@ -270,3 +270,20 @@ def test_an_interrupt_right_after_the_lock_was_granted_ends_the_session_and_the_
         wait_for(lambda: not held_by_anyone(pg_url, 7), 30, what="the interrupted lock to end with its session")
         with check_lock(7) as held:
             assert held is not None
+
+
+def test_lock_sessions_read_committed_whatever_the_databases_default(pg_url):
+    """The position's read goes with the lock in one query string: only per-statement snapshots (read committed)
+    make it see what the previous holder committed before giving the lock back."""
+    from catalyst.db.engine import dispose_all
+    from catalyst.monitor_lock import check_lock
+
+    database = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_isolation = \'repeatable read\'')
+    dispose_all()
+    with environment({"DATABASE_URL": pg_url}):
+        with check_lock(4) as held:
+            assert held
+            shown = held.connection.exec_driver_sql("SHOW default_transaction_isolation").scalar()
+    assert shown == "read committed"
