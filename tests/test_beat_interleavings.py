@@ -7,11 +7,10 @@ from contextlib import contextmanager
 
 import pytest
 import redis
-from kombu.exceptions import BatchPublishError
 from kombu.transport.redis import PublishBatch
 
 import workers.scheduler as scheduler
-from tests.test_beat_slots import CatalystScheduler, app, at, clock, entry, sent_slots  # noqa: F401
+from tests.test_beat_slots import CatalystScheduler, app, at, clock, entry, failing_flush, sent_slots  # noqa: F401
 
 
 def test_a_stop_signal_landing_just_after_the_claim_commits_still_hands_the_slot_back(clock, app, redis_url,
@@ -55,11 +54,7 @@ def test_a_batch_redis_refuses_for_a_non_connection_reason_is_retried_at_a_pace_
         clock, app, redis_url, monkeypatch):
     """Redis at maxmemory answers every LPUSH with OOM (a ResponseError, not a connection error): the claims are
     handed back, and beat must not claim, fail and release again 50 times a second."""
-    def oom(self):
-        try:
-            raise redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
-        except redis.exceptions.ResponseError as exc:
-            raise BatchPublishError("Redis publish batch failed; delivery is uncertain") from exc
+    oom = failing_flush(redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'."))
 
     beat = CatalystScheduler(app=app)
     try:

@@ -59,6 +59,19 @@ def production_like_app(redis_url: str) -> Celery:
     return celery_app
 
 
+def failing_flush(cause: Exception):
+    """A stand-in for kombu's ``PublishBatch.flush`` whose pipeline fails with ``cause``, as kombu reports it."""
+    from kombu.exceptions import BatchPublishError
+
+    def flush(self):
+        try:
+            raise cause
+        except type(cause) as exc:
+            raise BatchPublishError("Redis publish batch failed; delivery is uncertain") from exc
+
+    return flush
+
+
 @pytest.fixture
 def app(clock, redis_url):
     celery_app = production_like_app(redis_url)
@@ -592,18 +605,15 @@ def test_a_slot_whose_pipeline_cannot_reach_redis_is_handed_back_and_beat_waits_
     connection is refused), nothing of it counts as sent, every claim is handed back, and beat reports the
     outage and paces its retries instead of trying again at once."""
     import redis
-    from kombu.exceptions import BatchPublishError
     from kombu.transport.redis import PublishBatch
 
     ids = seed_positions(3)
     names = {"scan-market", *(f"monitor-position-{i}" for i in ids)}
     real_flush = PublishBatch.flush
 
-    def refused(self):  # what kombu raises when the pipeline's execute() finds Redis gone
-        try:
-            raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        except redis.exceptions.ConnectionError as exc:
-            raise BatchPublishError("Redis publish batch failed; delivery is uncertain") from exc
+    # what kombu raises when the pipeline's execute() finds Redis gone
+    refused = failing_flush(redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. "
+                                                             "Connection refused."))
 
     beat = CatalystScheduler(app=app)
     try:

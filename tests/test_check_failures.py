@@ -15,6 +15,15 @@ from tests.support import query, seed_position
 from tests.test_check_cost import QUIET, SESSION_OPEN, check, market_at
 
 
+def advisory_locks_on(pg_url: str, position_id: int) -> int:
+    """Granted monitor-check locks on ``position_id``, as PostgreSQL sees them from another session."""
+    from catalyst.monitor_lock import LOCK_CLASS
+
+    with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+        return admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                             "AND objid = %s AND granted", (LOCK_CLASS, position_id)).fetchone()[0]
+
+
 def test_a_failed_counter_flush_does_not_drop_the_exit_the_check_requested(tmp_path, monkeypatch):
     import catalyst.records as records
     import tasks.monitoring as monitoring
@@ -105,19 +114,12 @@ def test_a_check_with_a_signal_never_lowers_a_high_watermark_another_check_raise
 def test_a_quiet_hold_gives_its_lock_back_with_its_write_and_leaves_no_lock_behind(pg_url, tmp_path, capsys):
     """The write that records a quiet hold also ends the check's advisory lock: after each check no session holds
     it, nothing tried to release it twice, and the next check of the position runs."""
-    from catalyst.monitor_lock import LOCK_CLASS
-
-    def advisory_locks_on(pid):
-        with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
-            return admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-                                 "AND objid = %s", (LOCK_CLASS, pid)).fetchone()[0]
-
     with market_at(pg_url, tmp_path, 100):
         pos = seed_position("TEST", 100.0, SESSION_OPEN + timedelta(minutes=5))
         held_after = []
         for minute in (100, 101, 102, 103):
             assert check(pos, minute) == "hold"
-            held_after.append(advisory_locks_on(pos))
+            held_after.append(advisory_locks_on(pg_url, pos))
         status = query(lambda s: s.get(PositionMonitorStatus, pos))
     assert held_after == [0, 0, 0, 0]
     assert status.checks == 4 and status.last_decision == "hold"
@@ -147,13 +149,7 @@ def test_with_broker_legs_the_lock_still_covers_the_stop_trail_after_a_quiet_hol
     """On a broker with bracket legs a quiet check goes on to trail the broker's stop: the position stays locked
     until that is done (two checks must never replace one stop at once), and is free afterwards."""
     import catalyst.monitor as monitor
-    from catalyst.monitor_lock import LOCK_CLASS
     from catalyst.runtime import get_runtime
-
-    def advisory_locks_on(pid):
-        with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
-            return admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-                                 "AND objid = %s AND granted", (LOCK_CLASS, pid)).fetchone()[0]
 
     locked_while_trailing = []
     with market_at(pg_url, tmp_path, 100):
@@ -162,9 +158,9 @@ def test_with_broker_legs_the_lock_still_covers_the_stop_trail_after_a_quiet_hol
         monkeypatch.setattr(type(get_runtime().broker), "supports_legs", True)
         monkeypatch.setattr(monitor, "_closed_by_leg", lambda *a, **k: None)
         monkeypatch.setattr(monitor, "_trail_broker_stop",
-                            lambda rt, pid, a: locked_while_trailing.append(advisory_locks_on(pid)))
+                            lambda rt, pid, a: locked_while_trailing.append(advisory_locks_on(pg_url, pid)))
         assert check(pos, 101) == "hold"
-        after = advisory_locks_on(pos)
+        after = advisory_locks_on(pg_url, pos)
         status = query(lambda s: s.get(PositionMonitorStatus, pos))
     assert locked_while_trailing == [1] and after == 0
     assert status.checks == 2 and status.last_decision == "hold"
