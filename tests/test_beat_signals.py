@@ -19,6 +19,7 @@ import pytest
 from celery import platforms
 
 from tests.test_beat_slots import app, clock, entry, queued_messages  # noqa: F401 - fixtures
+import workers.scheduler as scheduler
 from workers.scheduler import CatalystScheduler, _exit_on_sigquit
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -53,20 +54,20 @@ def test_a_stop_signal_raises_system_exit_in_beat_instead_of_syncing_in_the_hand
 def test_a_beat_stopped_in_the_middle_of_a_send_hands_the_slot_back(clock, app, redis_url):  # noqa: F811
     """SIGTERM arrives while beat publishes a claimed slot: the ``SystemExit`` leaves ``tick()``; ``close()``
     (which beat's loop runs next) releases the claim, and the next beat sends the slot exactly once."""
-    real = app.send_task
+    real = scheduler.publish_slot
     stopped = []
 
-    def stop_mid_send(name, *args, **kwargs):
+    def stop_mid_send(*args, **kwargs):
         stopped.append((kwargs["headers"]["catalyst_entry"], kwargs["headers"]["catalyst_slot"], kwargs["queue"]))
         raise SystemExit()
 
     first = CatalystScheduler(app=app)
-    app.send_task = stop_mid_send
+    scheduler.publish_slot = stop_mid_send
     try:
         with pytest.raises(SystemExit):
             first.tick()
     finally:
-        app.send_task = real
+        scheduler.publish_slot = real
         first.close()
     ((name, slot, queue),) = stopped
     assert entry(name).last_slot_at is None or entry(name).last_slot_at.isoformat() != slot, "claim handed back"

@@ -2,8 +2,8 @@
 
 A real ``CatalystScheduler`` is ticked in-process on a manual clock against real PostgreSQL (its
 lease and ``schedule_entries``) and a real Redis broker. Broker failures are injected at the send
-boundary (``app.send_task`` raises the way kombu does when Redis blips); a PostgreSQL outage is real
-(the test database stops accepting connections).
+boundary (the scheduler's ``publish_slot`` raises the way kombu does when Redis blips); a PostgreSQL
+outage is real (the test database stops accepting connections).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from catalyst.db.models import Lease, ScheduleEntry, ServiceHealth
 from catalyst.runtime import build_runtime, use_runtime
 from catalyst.settings import get_settings
 from tests.support import PG_ADMIN, environment, query, queued_messages, seed_position
+import workers.scheduler as scheduler
+from workers import slot_message
 from workers.scheduler import LEASE, CatalystScheduler
 
 EST = timezone(timedelta(hours=-5))
@@ -76,27 +78,29 @@ def failing_flush(cause: Exception):
 def app(clock, redis_url):
     celery_app = production_like_app(redis_url)
     yield celery_app
+    scheduler.publish_slot = slot_message.publish_slot  # a test's stand-in for one message's send goes
     celery_app.close()
 
 
 class FlakySend:
-    """Wraps the real ``send_task``: the next ``failures`` calls raise instead of publishing."""
+    """Wraps beat's send of one message (``publish_slot``): the next ``failures`` calls raise instead of
+    publishing. The ``app`` fixture puts the real one back."""
 
     def __init__(self, app: Celery, before_raise=None):
-        self.real = app.send_task
+        self.real = scheduler.publish_slot
         self.failures = 0
         self.failed: list[str] = []
         self.before_raise = before_raise
-        app.send_task = self
+        scheduler.publish_slot = self
 
-    def __call__(self, name, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         if self.failures:
             self.failures -= 1
             self.failed.append(kwargs["headers"]["catalyst_entry"])
             if self.before_raise:
                 self.before_raise()
             raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        return self.real(name, *args, **kwargs)
+        return self.real(*args, **kwargs)
 
 
 def entry(name: str) -> ScheduleEntry:
@@ -241,7 +245,7 @@ def test_the_watchdog_and_the_guard_are_sent_before_any_check_at_the_first_slot_
     sent = FlakySend(app)  # no failures: it records the order in which beat publishes
     order = []
     real = sent.real
-    sent.real = lambda name, *a, **kw: (order.append(kw["headers"]["catalyst_entry"]), real(name, *a, **kw))[1]
+    sent.real = lambda *a, **kw: (order.append(kw["headers"]["catalyst_entry"]), real(*a, **kw))[1]
     try:
         beat.tick()
         assert order == ["premarket-scan"], "before the open only the pre-market scan is due"
@@ -374,17 +378,17 @@ def test_an_entry_whose_send_always_fails_never_holds_back_the_others_after_a_re
     ids = [seed_position(s, 50.0, at(9, 0) - timedelta(days=1)) for s in ("AAA", "BBB")]
     clock.set(at(9, 30))  # the open: the watchdog (always sent first), the scan and every check are due
     beat = CatalystScheduler(app=app)
-    real = app.send_task
+    real = scheduler.publish_slot
     redis_down = [True]
 
-    def send(name, *args, **kwargs):
+    def send(*args, **kwargs):
         if redis_down[0]:
             raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         if kwargs["headers"]["catalyst_entry"] == "reconcile":
             raise TypeError("Object of type Decimal is not JSON serializable")  # a bug in one entry, not an outage
-        return real(name, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    app.send_task = send
+    scheduler.publish_slot = send
     try:
         beat.tick()  # Redis is away
         redis_down[0] = False
@@ -400,8 +404,6 @@ def test_an_entry_whose_send_always_fails_never_holds_back_the_others_after_a_re
 
 
 def test_a_claim_whose_commit_reply_was_lost_is_sent_on_the_next_tick(clock, app, redis_url, monkeypatch):
-    import workers.scheduler as scheduler
-
     real_scope = scheduler.session_scope
     calls = []
 
@@ -563,24 +565,22 @@ def test_a_beat_that_loses_its_lease_while_sending_a_slot_stops_and_hands_the_re
         clock, app, redis_url, pg_url, monkeypatch):
     """The lease is renewed while a big slot goes out; when a renewal finds it taken, the rest is released
     (not sent by a beat that no longer leads) and the next leader sends it: every check once."""
-    import workers.scheduler as scheduler
-
     monkeypatch.setattr(scheduler, "SEND_BATCH", 2)
     monkeypatch.setattr(scheduler, "RENEW_EVERY", 2)
     ids = seed_positions(5)
     beat = CatalystScheduler(app=app)
-    real = app.send_task
+    real = scheduler.publish_slot
     sent = []
 
-    def send_then_lose_the_lease(name, *args, **kwargs):
+    def send_then_lose_the_lease(*args, **kwargs):
         sent.append(kwargs["headers"]["catalyst_entry"])
         if len(sent) == 3:  # another beat takes the lease while this one is still sending
             with psycopg.connect(pg_url, autocommit=True) as conn:
                 conn.execute("UPDATE leases SET holder = 'thief', token = token + 1, "
                              "expires_at = now() + interval '1 hour' WHERE name = %s", (LEASE,))
-        return real(name, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    app.send_task = send_then_lose_the_lease
+    scheduler.publish_slot = send_then_lose_the_lease
     try:
         with capture_logs() as events:
             beat.tick()
@@ -593,7 +593,7 @@ def test_a_beat_that_loses_its_lease_while_sending_a_slot_stops_and_hands_the_re
         beat.tick()
         beat.tick()
     finally:
-        app.send_task = real
+        scheduler.publish_slot = real
         beat.close()
     everything = sent_slots(redis_url, "scan") + sent_slots(redis_url, "monitor")
     assert everything == {(n, at(10, 15).isoformat()): 1 for n in names}

@@ -5,7 +5,7 @@ The simulated clock starts when the beat builds its runtime, and a loaded machin
 seconds to get from there to the first tick. So each run starts its clock well before the moment
 under test and is stopped by what the simulated clock reads (and, where needed, by what has been
 sent), never after a fixed number of wall seconds; the assertions are on the market timestamps
-of the slots the beat enqueued. Those come from the beat's own record (its ``schedule_slot_sent``
+of the slots the beat enqueued. Those come from the beat's own record (its ``schedule_slots_sent``
 log events, and ``schedule_entries.total_sent`` in PostgreSQL), not from the Redis queues: the test
 Redis DB is shared, and another run's FLUSHDB or worker must not change what this beat is seen
 to have sent.
@@ -49,8 +49,9 @@ def sent_slots(beat) -> list[datetime]:
             event = json.loads(line)
         except ValueError:  # a line still being written
             continue
-        if event.get("event") == "schedule_slot_sent" and checks_and_scans(event["entry"]):
-            slots.append(datetime.fromisoformat(event["slot"]))
+        if event.get("event") == "schedule_slots_sent":
+            slot = datetime.fromisoformat(event["slot"])
+            slots += [slot for name in event["entries"] if checks_and_scans(name)]
     return sorted(slots)
 
 

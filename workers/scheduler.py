@@ -49,6 +49,7 @@ from catalyst.db.types import UTCDateTime
 from catalyst.runtime import get_runtime
 from workers.heartbeat import beat_heart
 from workers.signals import check_startup
+from workers.slot_message import publish_slot
 
 ANCHORED_GRACE = timedelta(minutes=30)
 log = structlog.get_logger("catalyst.beat")
@@ -470,12 +471,21 @@ class CatalystScheduler(Scheduler):
                         raise BrokerUnreachable(batch[0][0].name) from (exc.__cause__ or exc)
                     failed = 0
                     continue
-                for entry, claim in sent:
+                for _, claim in sent:
                     self._unreleased.pop(claim.entry, None)
-                    log.info("schedule_slot_sent", entry=entry.name, task=entry.task, slot=claim.slot.isoformat(),
-                             fence=self.token)
+                self._log_sent(sent)
                 total += len(sent)
         return total
+
+    def _log_sent(self, sent: list[tuple[Entry, Claim]]) -> None:
+        """One ``schedule_slots_sent`` line per task and slot of a batch, naming every entry sent (a line per
+        message was a tenth of a 10,000-position slot's sending)."""
+        groups: dict[tuple[str, datetime], list[str]] = {}
+        for entry, claim in sent:
+            groups.setdefault((entry.task, claim.slot), []).append(entry.name)
+        for (task, slot), names in groups.items():
+            log.info("schedule_slots_sent", task=task, slot=slot.isoformat(), count=len(names), entries=names,
+                     fence=self.token)
 
     def _send_batch(self, producer, batch: list[tuple[Entry, Claim]], failed: int,
                     give_up_after: int) -> tuple[list[tuple[Entry, Claim]], int]:
@@ -518,17 +528,16 @@ class CatalystScheduler(Scheduler):
         """Enqueue one slot of ``entry``.
 
         A send that raises although Redis took the message (the reply was lost) is released and
-        sent again: that duplicate is harmless, a lost slot is not. ``monitor_position`` holds a
-        per-position lease (never two checks at once; exits are exactly-once by themselves) and
+        sent again: that duplicate is harmless, a lost slot is not. ``monitor_position`` holds its
+        position's lock (never two checks at once; exits are exactly-once by themselves) and
         ``scan`` returns the existing cycle for a slot it has already scanned (``slot_at`` is unique), and
         ``reconcile`` runs one at a time under its own lease.
         """
         expires = max(10.0, self.rt.clock.wall_seconds(self._market_lifetime(entry, slot)))
-        # declare=[]: the queues sit on the anonymous exchange (celeryconfig), which routes by name with nothing
-        # to declare; kombu's per-message declaration check was a sixth of a send.
-        self.app.send_task(entry.task, args=list(entry.args), kwargs={"slot": slot.isoformat()}, queue=entry.queue,
-                           expires=expires, headers={"catalyst_slot": slot.isoformat(), "catalyst_entry": entry.name},
-                           producer=producer, declare=[])
+        slot_text = slot.isoformat()
+        publish_slot(self.app, producer, task=entry.task, args=list(entry.args), kwargs={"slot": slot_text},
+                     queue=entry.queue, expires=expires,
+                     headers={"catalyst_slot": slot_text, "catalyst_entry": entry.name})
 
     def _market_lifetime(self, row: Entry | ScheduleEntry, slot: datetime) -> float:
         """Market seconds a slot's message stays worth running: two intervals on the session grid; a
