@@ -206,6 +206,38 @@ def test_log_format_console_and_auto_on_a_terminal_give_text_lines(log_format, t
     assert "succeeded in 0.01s" in lines[1] and "celery.app.trace" in lines[1]
 
 
+ROUTINE = """
+import logging, sys
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
+from catalyst.logs import configure_logging, route_stdlib_logging
+from workers.logging_setup import quiet_routine_task_lines
+configure_logging(sys.argv[1], "worker", persist=False)
+route_stdlib_logging(sys.argv[1])
+quiet_routine_task_lines()
+for name in ("catalyst.monitor_position", "catalyst.exit_position"):
+    context = {"id": "abc", "name": name, "args": "[5]", "kwargs": "{}", "eta": None, "runtime": 0.01,
+               "return_value": "'hold'"}
+    logging.getLogger("celery.worker.strategy").info(LOG_RECEIVED, context, extra={"data": context})
+    logging.getLogger("celery.app.trace").info(LOG_SUCCESS, context, extra={"data": context})
+logging.getLogger("celery.app.trace").error("Task %s[%s] raised unexpected: %r", "catalyst.monitor_position", "abc",
+                                            "boom")
+"""
+
+
+@pytest.mark.parametrize("level, kept", [
+    ("INFO", ["exit_position received", "exit_position succeeded", "monitor_position raised"]),
+    ("DEBUG", ["monitor_position received", "monitor_position succeeded", "exit_position received",
+               "exit_position succeeded", "monitor_position raised"])])
+def test_celery_received_and_succeeded_lines_of_a_routine_check_only_show_at_debug(level, kept):
+    """A check logs its own position_checked line; Celery's two lines per check are noise at 10,000 positions."""
+    env = {**os.environ, "LOG_FORMAT": "json", "PYTHONPATH": ROOT}
+    err = subprocess.run([sys.executable, "-c", ROUTINE, level], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stderr
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    said = [f"{e.split('[')[0].split('.')[-1]} {e.split('] ')[1].split(' ')[0].rstrip(':')}" for e in events]
+    assert said == kept
+
+
 def test_log_format_auto_off_a_terminal_is_json():
     assert [json.loads(line)["event"] for line in emitted("auto").splitlines()][0] == "position_checked"
 
@@ -222,8 +254,9 @@ def worker_env(tmp_path, pg_url, redis_url):
 
 
 def finished(lines: list[dict], task_id: str) -> bool:
-    return any(e.get("task_id") == task_id and "succeeded" in e["event"] or
-               e.get("task_id") == task_id and e["event"] in ("task_failed", "task_rejected") for e in lines)
+    """Celery's "succeeded", our failure lines, or (a routine check, whose Celery lines are dropped) its own."""
+    return any(e.get("task_id") == task_id and ("succeeded" in e["event"] or e["event"] in (
+        "task_failed", "task_rejected", "position_checked")) for e in lines)
 
 
 def test_every_line_a_task_logs_carries_its_id_worker_and_position_and_nothing_leaks_into_the_next(worker_env, stack):
@@ -246,10 +279,12 @@ def test_every_line_a_task_logs_carries_its_id_worker_and_position_and_nothing_l
     for event in checked:  # Catalyst's own lines inside the task; indicators_computed never names the position
         assert event["task"] == "catalyst.monitor_position" and event["task_id"] in sent[:2]
         assert event["worker"].startswith("logs@") and event["position_id"] == position_id
-    succeeded = [e for e in lines if e.get("logger") == "celery.app.trace" and "succeeded" in e["event"]]
-    for task_id in sent[:2]:  # Celery's own record of the task, as JSON and with the same context
-        (line,) = [e for e in succeeded if task_id in e["event"]]
-        assert line["task_id"] == task_id and line["position_id"] == position_id and line["worker"].startswith("logs@")
+    celery_lines = [e for e in lines if e.get("logger", "").startswith("celery.")]
+    (line,) = [e for e in celery_lines if "succeeded" in e["event"] and sent[3] in e["event"]]
+    assert line["task_id"] == sent[3] and line["worker"].startswith("logs@"), "Celery's own record, with the context"
+    assert [e for e in celery_lines if "received" in e["event"] and sent[3] in e["event"]]
+    for task_id in sent[:2]:  # a routine check says what it found in its own line, once; Celery's two are dropped
+        assert not [e for e in celery_lines if task_id in e["event"]]
     assert all({"task_id", "worker", "position_id"} <= set(e) for e in monitor_lines)
 
     (rejected,) = [e for e in lines if e["event"] == "task_rejected"]
