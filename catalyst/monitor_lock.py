@@ -3,8 +3,10 @@
 On PostgreSQL a check holds a session-level advisory lock, ``pg_try_advisory_lock(LOCK_CLASS, position_id)``, on
 a pooled connection of its own in autocommit mode: one round trip to take it (which also brings the position's
 row back), one to give it back (or none: a quiet hold's write gives it back in the same statement, see
-:mod:`catalyst.monitor_store`), no row written and no BEGIN/COMMIT. A worker that dies mid-check loses its connection and PostgreSQL ends the lock with the
-session, so the next check runs at once instead of after a lease's TTL.
+:mod:`catalyst.monitor_store`), no row written and no BEGIN/COMMIT. A worker that dies mid-check loses its
+connection and PostgreSQL ends the lock with the session, so the next check runs at once instead of after a
+lease's TTL. A connection dropped unclosed while it may hold a lock (a time limit landing between two steps)
+gives back its session's locks as the pool takes it in.
 
 On SQLite (the embedded default, one machine) there are no advisory locks: the check keeps the expiring lease in
 the ``leases`` table (:mod:`catalyst.leases`), which is atomic there too.
@@ -37,6 +39,10 @@ INT4_MAX = 2**31 - 1
 SERVER_KEEPALIVE = (10, 5, 3, 30_000)
 
 _UNLOCK = text("SELECT pg_advisory_unlock(:cls, :key)")
+# Set on a lock connection's pool record from before the lock is asked for until it is known to be given back:
+# a connection the pool takes back still marked (dropped unclosed by a time limit landing between two steps)
+# ends every lock of its session on the way in (see _end_stray_locks).
+MAY_HOLD = "catalyst_monitor_lock_may_be_held"
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
@@ -59,6 +65,7 @@ def lock_engine(url: str | None = None) -> Engine:
                 connect_args={"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 10,
                               "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000})
             event.listen(engine, "connect", _session_settings)
+            event.listen(engine, "reset", _end_stray_locks)
             _engines[key] = engine
         return _engines[key]
 
@@ -83,6 +90,17 @@ def _session_settings(dbapi_conn, _record) -> None:
                     f"{SERVER_KEEPALIVE[1]}; SET tcp_keepalives_count = {SERVER_KEEPALIVE[2]}; "
                     f"SET tcp_user_timeout = {SERVER_KEEPALIVE[3]}; SET synchronous_commit = off; "
                     "SET default_transaction_isolation = 'read committed'")
+
+
+def _end_stray_locks(dbapi_conn, record, reset_state) -> None:
+    """A connection coming back to the pool that may still hold a check's lock gives back every lock of its
+    session. Normally it holds none: the check unlocked and cleared the mark. If this fails, SQLAlchemy
+    invalidates the connection, which ends the session and its locks."""
+    if record is None or not record.info.pop(MAY_HOLD, False) or reset_state.terminate_only:
+        return
+    log.warning("monitor_lock_stray_released")
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock_all()")
 
 
 def _forget_inherited_pools() -> None:
@@ -124,6 +142,7 @@ def check_lock(position_id: int, holder: str | None = None, ttl: float = 60.0) -
         yield db
     finally:
         if db.released:  # the check's last write gave the lock back with it
+            conn.info.pop(MAY_HOLD, None)
             conn.close()
         else:
             _give_back(conn, position_id)
@@ -135,6 +154,7 @@ def _take(position_id: int):
     engine = lock_engine()
     for attempt in (1, 2):
         conn = engine.connect()
+        conn.info[MAY_HOLD] = True
         try:
             held, loaded = try_lock_and_load(conn, LOCK_CLASS, position_id)
         except BaseException as exc:  # the lock may have been granted: end the session, which ends the lock
@@ -147,6 +167,7 @@ def _take(position_id: int):
             raise
         if held:
             return conn, loaded
+        conn.info.pop(MAY_HOLD, None)
         conn.close()
         return None
     raise AssertionError("unreachable")
@@ -158,6 +179,7 @@ def _give_back(conn, position_id: int) -> None:
         released = conn.execute(_UNLOCK, {"cls": LOCK_CLASS, "key": position_id}).scalar()
         if not released:
             raise RuntimeError("advisory lock was not held at release")
+        conn.info.pop(MAY_HOLD, None)
     except BaseException as exc:  # noqa: BLE001 - whatever went wrong, the lock must not outlive the check
         log.warning("monitor_lock_release_failed", position_id=position_id, error_type=type(exc).__name__)
         conn.invalidate()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -270,6 +271,50 @@ def test_an_interrupt_right_after_the_lock_was_granted_ends_the_session_and_the_
         wait_for(lambda: not held_by_anyone(pg_url, 7), 30, what="the interrupted lock to end with its session")
         with check_lock(7) as held:
             assert held is not None
+
+
+@pytest.mark.parametrize("moment", ["before the check begins", "while it hands the connection back"])
+def test_an_interrupt_between_the_grant_and_the_check_leaves_no_lock_on_a_pooled_connection(pg_url, monkeypatch,
+                                                                                             moment):
+    """A soft time limit lands in the few steps after ``_take`` returned the granted lock and before anything
+    guards it (or while the check's end returns the connection): the connection is dropped unclosed, and the
+    pool takes it back. Returning it must end the lock, or every later check of the position is skipped until
+    the connection is recycled (30 minutes)."""
+    import gc
+
+    import catalyst.monitor_lock as monitor_lock
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def interrupted(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    with environment({"DATABASE_URL": pg_url}):
+        with monitor_lock.check_lock(11):
+            pass  # a warm pool: the interrupted connection is a pooled one, kept for the next check
+        if moment == "before the check begins":
+            monkeypatch.setattr(monitor_lock, "CheckDB", interrupted)
+        else:
+            monkeypatch.setattr(monitor_lock, "_give_back", interrupted)
+        with pytest.raises(SoftTimeLimitExceeded):
+            with monitor_lock.check_lock(11):
+                pass
+        monkeypatch.undo()
+        gc.collect()
+        assert not held_by_anyone(pg_url, 11), "the lock went back to the pool with its connection"
+        with check_lock_from_another_process(pg_url, 11) as held:
+            assert held, "another worker checks the position at once"
+
+
+@contextmanager
+def check_lock_from_another_process(pg_url: str, position_id: int):
+    """Whether a fresh process gets the position's lock (a worker's other pool child, say)."""
+    code = ("import sys\nfrom catalyst.monitor_lock import check_lock\n"
+            f"with check_lock({position_id}) as held:\n    sys.exit(0 if held is not None else 3)\n")
+    env = {**os.environ, "DATABASE_URL": pg_url, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode in (0, 3), done.stderr
+    yield done.returncode == 0
 
 
 def test_lock_sessions_read_committed_whatever_the_databases_default(pg_url):
