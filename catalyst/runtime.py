@@ -48,6 +48,14 @@ class Runtime:
 
 def build_market_data(settings: Settings, calendar: SessionCalendar) -> MarketData:
     spec = settings.market_data
+    if spec.startswith("synthetic:") and spec != "synthetic:crash":
+        from catalyst.marketdata.synthetic import SyntheticMarketData, universe
+
+        size = spec.split(":", 1)[1].strip()
+        if not size.isdigit():
+            raise BadInput(f"CATALYST_MARKET_DATA={spec!r}: synthetic:<N> takes a number of symbols, e.g. "
+                           "synthetic:1000")
+        return SyntheticMarketData(behaviours=universe(int(size)))
     if spec in ("synthetic", "synthetic:crash"):
         from catalyst.marketdata.synthetic import SyntheticMarketData
 
@@ -74,7 +82,8 @@ def build_market_data(settings: Settings, calendar: SessionCalendar) -> MarketDa
                                 timeout=settings.alpaca_timeout, bucket=alpaca_bucket(settings), cache=cache,
                                 cycle_seconds=settings.monitor_check_interval, watchlist=_watched_symbols,
                                 calendar=calendar)
-    raise BadInput(f"CATALYST_MARKET_DATA={spec!r} is not one of synthetic, synthetic:crash, replay:<csv path>, alpaca")
+    raise BadInput(f"CATALYST_MARKET_DATA={spec!r} is not one of synthetic, synthetic:crash, synthetic:<N>, "
+                   "replay:<csv path>, alpaca")
 
 
 _buckets: dict = {}

@@ -286,3 +286,57 @@ def test_extra_scripted_symbols_can_be_priced_and_sized_for_a_test():
     assert md.quote("PNNY", ny(DATES[0], 10, 45)).price == pytest.approx(2.8, rel=0.03)
     # the scripted twelve are untouched by the addition
     assert md.quote("GAPU", ny(DATES[0], 11, 0)) == SyntheticMarketData().quote("GAPU", ny(DATES[0], 11, 0))
+
+
+# --- a universe of any size (load tests, make bench) ---------------------------------------------------------------
+
+def test_a_synthetic_universe_of_any_size_keeps_the_dozen_and_adds_generated_symbols_every_process_agrees_on():
+    from catalyst.marketdata.synthetic import universe
+
+    code = ("from datetime import date\nfrom catalyst.marketdata.synthetic import SyntheticMarketData, universe\n"
+            "md = SyntheticMarketData(behaviours=universe(1000))\n"
+            "print([b.close for b in md.session_bars('SYN00777', date(2025, 3, 12))[::50]])")
+    elsewhere = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                               cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    md = SyntheticMarketData(behaviours=universe(1000))
+    symbols = md.symbols()
+    assert len(symbols) == 1000 and set(TICKERS) <= set(symbols)
+    assert sorted(set(symbols) - set(TICKERS)) == [f"SYN{i:05d}" for i in range(1, 989)]
+    assert str([b.close for b in md.session_bars("SYN00777", date(2025, 3, 12))[::50]]) == elsewhere
+    assert md.session_bars("CRSH", date(2025, 3, 12)) == SyntheticMarketData().session_bars("CRSH", date(2025, 3, 12))
+    assert universe(5) == {k: v for k, v in list(universe(1000).items())[:5]}, "a smaller universe is a prefix"
+
+
+def test_generated_symbols_trade_a_full_plausible_session_without_news():
+    from catalyst.marketdata.synthetic import universe
+
+    md = SyntheticMarketData(behaviours=universe(112))
+    day = date(2025, 3, 12)
+    generated = sorted(set(md.symbols()) - set(TICKERS))
+    moves = []
+    for symbol in generated:
+        bars = md.session_bars(symbol, day)
+        assert len(bars) == 390 and all(b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high for b in bars)
+        moves.append(bars[-1].close / md.reference_price(symbol, day) - 1)
+    assert max(abs(m) for m in moves) < 0.06, "quiet, drifting or choppy: no crash or spike among them"
+    assert len({round(m, 4) for m in moves}) > 50, "a hundred different paths, not one"
+    assert min(moves) < -0.01 and max(moves) > 0.01, "some drift down, some up"
+    assert len(generated) == 100 and md.news(generated, ny(day, 0, 0), ny(day, 23, 0)) == []
+
+
+@pytest.mark.parametrize("spec", ["synthetic:0", "synthetic:abc", "synthetic:-5", "synthetic:", "synthetic:100001"])
+def test_a_bad_synthetic_universe_size_is_refused_with_what_to_write(spec, monkeypatch):
+    from catalyst.runtime import build_market_data
+    from catalyst.settings import Settings
+
+    settings = Settings(_env_file=None, CATALYST_MARKET_DATA=spec)
+    with pytest.raises(BadInput, match=r"synthetic"):
+        build_market_data(settings, None)
+
+
+def test_catalyst_market_data_synthetic_n_builds_that_universe():
+    from catalyst.runtime import build_market_data
+    from catalyst.settings import Settings
+
+    market = build_market_data(Settings(_env_file=None, CATALYST_MARKET_DATA="synthetic:250"), None)
+    assert len(market.symbols()) == 250 and "SYN00238" in market.symbols() and "SYN00239" not in market.symbols()

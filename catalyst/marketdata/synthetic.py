@@ -1,4 +1,5 @@
-"""Deterministic synthetic minute bars for a dozen symbols with scripted intraday behaviours.
+"""Deterministic synthetic minute bars for a dozen symbols with scripted intraday behaviours (and, for load
+tests, a universe of any size: :func:`universe`).
 
 Every price is a pure function of ``(seed, symbol, session date, minute)``: the RNG for a
 day is seeded from a SHA-256 of ``f"{seed}:{symbol}:{date}"`` (never ``hash()``, which is
@@ -76,6 +77,34 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "STDY": Behaviour(((0, 0.0), (389, 0.01)), "STDY dividend reaffirmed", noise=0.0008),
     "MOON": Behaviour(((0, 0.0), (270, 0.20), (389, 0.21)), "MOON drug approved by FDA", news_minute=30),
 }
+
+
+GENERATED_PREFIX = "SYN"  # generated symbols: SYN00001, SYN00002, ... (after the scripted dozen)
+MAX_UNIVERSE = 100_000
+
+
+def universe(size: int, seed: int = 7) -> dict[str, Behaviour]:
+    """``size`` symbols: the scripted dozen first, then generated ones (for load tests and benchmarks at any N).
+
+    A generated symbol's script is a pure function of ``(seed, symbol)``: a quiet day, a gentle drift of at most
+    3 % either way, or a chop, with no news; every process building the same universe agrees exactly."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_UNIVERSE:
+        raise BadInput(f"a synthetic universe has 1 to {MAX_UNIVERSE:,} symbols, not {size!r}")
+    scripted = dict(list(BEHAVIOURS.items())[:size])
+    generated = {f"{GENERATED_PREFIX}{i:05d}": _generated(seed, f"{GENERATED_PREFIX}{i:05d}")
+                 for i in range(1, size - len(scripted) + 1)}
+    return scripted | generated
+
+
+def _generated(seed: int, symbol: str) -> Behaviour:
+    rng = _rng(seed, symbol, "script")
+    shape = rng.integers(0, 3)
+    if shape == 0:
+        return Behaviour(((0, 0.0), (389, 0.0)), f"{symbol} no news", noise=float(rng.uniform(0.0002, 0.001)))
+    if shape == 1:
+        drift = float(rng.uniform(-0.03, 0.03))
+        return Behaviour(((0, 0.0), (389, drift)), f"{symbol} no news", noise=float(rng.uniform(0.0005, 0.0015)))
+    return Behaviour(_chop_knots(), f"{symbol} no news", noise=float(rng.uniform(0.001, 0.002)))
 
 
 def _rng(*parts: object) -> np.random.Generator:
