@@ -38,7 +38,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
 # Fields every run must carry (dotted paths); tests/test_bench_smoke.py checks the same list.
 REQUIRED = ("n", "concurrency", "symbols", "cycle_s", "checks_per_s", "bare_tasks_per_s", "ratio",
             "bare_celery.drain_s", "pg.transactions_per_check", "pg.rows_written_per_check",
-            "pg.inserted_per_check", "pg.updated_per_check", "pg.round_trips_source", "beat_send_s_per_slot",
+            "pg.inserted_per_check", "pg.updated_per_check", "pg.statements_source", "beat_send_s_per_slot",
             "exit_latency.exits", "exit_latency.decision_to_order_p50_ms", "exit_latency.decision_to_order_p99_ms",
             "exit_latency.slot_to_order_p99_s", "rss.start.total_mb", "rss.end.total_mb",
             "rss.end.max_process_mb", "rss.growth_pct", "rss.growth_after_warm_up_pct", "events.beat_lease_acquired",
@@ -111,7 +111,7 @@ def table(runs: list[dict]) -> str:
             "beat s/slot", "exit p50 ms", "exit p99 ms", "RSS MB start→end", "CPU ms/chk", "bare CPU ms")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in runs:
-        rt = r["pg"]["round_trips_per_check"]
+        rt = r["pg"]["statements_per_check"]
         lines.append(" | ".join(str(v) for v in (
             r["n"], r["concurrency"], r["cycle_s"], r["checks_per_s"], r["bare_tasks_per_s"], r["ratio"],
             r["pg"]["transactions_per_check"], r["pg"]["rows_written_per_check"], "n/a" if rt is None else rt,
@@ -136,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pg_admin = pg.PG_ADMIN
         if args.pg == "private":
-            from bench.pg_private import PrivateCluster
+            from tests.private_servers import PrivatePostgres
 
-            cluster = PrivateCluster()
-            pg_admin = cluster.start()
+            cluster = PrivatePostgres("max_connections=200", "shared_preload_libraries=pg_stat_statements",
+                                      "pg_stat_statements.track=all", "pg_stat_statements.track_utility=on",
+                                      durable=True)
+            cluster.start()
+            pg_admin = cluster.admin_url
         host = _host(pg_admin)
         for n in args.n:
             for c in args.concurrency:

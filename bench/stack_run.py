@@ -161,8 +161,8 @@ def _pg_per_check(delta: dict, own_transactions: int, checks: int) -> dict:
             "inserted_per_check": round(delta["tup_inserted"] / checks, 2),
             "updated_per_check": round(delta["tup_updated"] / checks, 2),
             "deleted_per_check": round(delta["tup_deleted"] / checks, 2),
-            "round_trips_per_check": None if statements is None else round(statements / checks, 2),
-            "round_trips_source": "pg_stat_statements (calls)" if statements is not None
+            "statements_per_check": None if statements is None else round(statements / checks, 2),
+            "statements_source": "pg_stat_statements (calls)" if statements is not None
             else "unavailable: pg_stat_statements not in shared_preload_libraries",
             "raw": delta}
 

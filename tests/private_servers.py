@@ -1,4 +1,5 @@
-"""Private Redis and PostgreSQL servers that a test may kill and restart (never the shared ones).
+"""Private Redis and PostgreSQL servers that a test may kill and restart (never the shared ones), and the bench's
+own PostgreSQL (``make bench --pg private``: pg_stat_statements preloaded, fsync on).
 
 Each server runs on a free port of its own, with its data in a temporary directory, and is
 removed at the end. PostgreSQL refuses to run as root, so when the tests run as root its
@@ -86,9 +87,10 @@ def _pg_bin(name: str) -> str:
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster with trust auth, stopped with ``immediate`` (a crash) and restarted."""
 
-    def __init__(self, *settings: str) -> None:
-        """``settings``: extra ``name=value`` server settings (e.g. ``shared_preload_libraries=pg_stat_statements``)."""
-        self.settings = settings
+    def __init__(self, *settings: str, durable: bool = False) -> None:
+        """``settings``: extra ``name=value`` server settings (e.g. ``shared_preload_libraries=pg_stat_statements``).
+        ``durable``: fsync on, as a real server runs (the bench measures with it); tests run without."""
+        self.settings = settings if durable else ("fsync=off", *settings)
         self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="catalyst-pg-"))
@@ -125,7 +127,7 @@ class PrivatePostgres:
             return False
 
     def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
         options += "".join(f" -c {setting}" for setting in self.settings)
         self._run(self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.dir / "pg.log"), "-w", "start")
         _wait(self.answers, 30, f"private PostgreSQL on port {self.port} to answer")
