@@ -96,9 +96,10 @@ def _end_stray_locks(dbapi_conn, record, reset_state) -> None:
     """A connection coming back to the pool that may still hold a check's lock gives back every lock of its
     session. Normally it holds none: the check unlocked and cleared the mark. If this fails, SQLAlchemy
     invalidates the connection, which ends the session and its locks."""
-    if record is None or not record.info.pop(MAY_HOLD, False) or reset_state.terminate_only:
+    mark = record.info.pop(MAY_HOLD, None) if record is not None else None
+    if mark is None or reset_state.terminate_only or mark[0] != os.getpid():  # never on another process's session
         return
-    log.warning("monitor_lock_stray_released")
+    log.info("monitor_lock_stray_released", position_id=mark[1])  # info: not queued for agent_logs from a finalizer
     with dbapi_conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_unlock_all()")
 
@@ -154,7 +155,7 @@ def _take(position_id: int):
     engine = lock_engine()
     for attempt in (1, 2):
         conn = engine.connect()
-        conn.info[MAY_HOLD] = True
+        conn.info[MAY_HOLD] = (os.getpid(), position_id)
         try:
             held, loaded = try_lock_and_load(conn, LOCK_CLASS, position_id)
         except BaseException as exc:  # the lock may have been granted: end the session, which ends the lock

@@ -52,7 +52,7 @@ def build_market_data(settings: Settings, calendar: SessionCalendar) -> MarketDa
         from catalyst.marketdata.synthetic import SyntheticMarketData, universe
 
         size = spec.split(":", 1)[1].strip()
-        if not size.isdigit():
+        if not (size.isascii() and size.isdecimal()):
             raise BadInput(f"CATALYST_MARKET_DATA={spec!r}: synthetic:<N> takes a number of symbols, e.g. "
                            "synthetic:1000")
         return SyntheticMarketData(behaviours=universe(int(size)))

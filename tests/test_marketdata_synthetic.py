@@ -324,13 +324,14 @@ def test_generated_symbols_trade_a_full_plausible_session_without_news():
     assert len(generated) == 100 and md.news(generated, ny(day, 0, 0), ny(day, 23, 0)) == []
 
 
-@pytest.mark.parametrize("spec", ["synthetic:0", "synthetic:abc", "synthetic:-5", "synthetic:", "synthetic:100001"])
+@pytest.mark.parametrize("spec", ["synthetic:0", "synthetic:abc", "synthetic:-5", "synthetic:", "synthetic:100001",
+                                  "synthetic:\u00b2"])
 def test_a_bad_synthetic_universe_size_is_refused_with_what_to_write(spec, monkeypatch):
     from catalyst.runtime import build_market_data
     from catalyst.settings import Settings
 
     settings = Settings(_env_file=None, CATALYST_MARKET_DATA=spec)
-    with pytest.raises(BadInput, match=r"synthetic"):
+    with pytest.raises(BadInput, match=r"synthetic:<N> takes a number|1 to 100,000 symbols"):
         build_market_data(settings, None)
 
 

@@ -15,7 +15,7 @@ from workers.slot_message import publish_slot
 TASK, QUEUE = "catalyst.monitor_position", "monitor"
 ARGS, KWARGS = [42], {"slot": "2025-03-04T15:15:00+00:00"}
 HEADERS = {"catalyst_slot": KWARGS["slot"], "catalyst_entry": "monitor-position-42"}
-PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "expires", "reply_to"}  # differ message to message
+PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "expires"}  # differ message to message
 
 
 @pytest.fixture
@@ -70,3 +70,20 @@ def test_an_overlong_argument_repr_is_cut_at_celerys_limit(app):
                      headers=dict(HEADERS))
     (message,) = queued_messages(app.conf.broker_url, QUEUE)
     assert len(message["headers"]["argsrepr"]) == 1024
+
+
+def test_the_tasks_beat_sends_set_no_option_send_task_would_have_added_to_their_message():
+    """``send_task`` merges a registered task's own execution options (priority, time limits, serializer...) into
+    its message; ``publish_slot`` does not. That is the same message only while the tasks beat sends declare none:
+    a task that gains one must have ``publish_slot`` pass it on."""
+    import beat_schedule
+    from catalyst.celery import app as catalyst_app
+    from catalyst.settings import Settings
+
+    catalyst_app.loader.import_default_modules()
+    names = {e.task for e in beat_schedule.static_entries(Settings(_env_file=None))}
+    names.add(beat_schedule.monitor_entry(1, Settings(_env_file=None)).task)
+    defaults = {"serializer": catalyst_app.conf.task_serializer}  # what send_task_message uses anyway
+    declared = {name: {k: v for k, v in catalyst_app.tasks[name]._get_exec_options().items()
+                       if v is not None and defaults.get(k) != v} for name in sorted(names)}
+    assert declared == {name: {} for name in sorted(names)}

@@ -6,9 +6,10 @@ written off the task's path.
   (lines of Celery's own loggers logged during the task carry them too: they share the processors).
 - ``setup_logging`` is answered here, so Celery configures no logging of its own: its records (and kombu's, and every
   library's) go through the root handler of ``catalyst.logs.route_stdlib_logging``, in the ``LOG_FORMAT`` renderer.
-- A routine monitor check logs one line of its own (``position_checked``, with its outcome); Celery's "received" and
-  "succeeded" lines for it are dropped unless ``LOG_LEVEL=DEBUG`` (at 10,000 positions they were 20,000 lines a
-  minute saying the same thing, and a tenth of a check's CPU). Its failures, retries and rejections are all logged.
+- A routine monitor check logs one line of its own (``position_checked``, with its outcome); Celery's "received"
+  line for it, and its "succeeded" line after a hold or an exit, are dropped unless ``LOG_LEVEL=DEBUG`` (at 10,000
+  positions they were 20,000 lines a minute saying the same thing). Every other outcome (redrive, blocked, closed,
+  skipped), failure, retry and rejection is still logged by Celery.
 - Worker, pool children and beat hand ``agent_logs`` rows to a background thread (``use_background_writer``); a pool
   child starts its own after the fork and writes what it queued before it ends.
 - ``celery flower``: the same renderer for Flower's and tornado's records, and one ``http_request`` line per request
@@ -34,19 +35,21 @@ _ID_ARGS = ("position_id", "cycle_id", "notification_id")
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _TICKER = re.compile(r"[A-Za-z0-9.\-]{1,16}")
 _bound: dict[str, dict] = {}  # task id -> the context tokens its prerun set (for an exact reset)
-ROUTINE_TASKS = frozenset({"catalyst.monitor_position"})  # their own line says what each run found
-_ROUTINE_LINES = (LOG_RECEIVED, LOG_SUCCESS)
+# A routine task, and the results (as Celery's saferepr writes them) after which it has logged its own line.
+ROUTINE_TASKS = {"catalyst.monitor_position": frozenset({"'hold'", "'exit'", "'exit_dry_run'"})}
 _CELERY_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")  # who logs those two lines
 
 
 class RoutineTaskLines(logging.Filter):
-    """Drops Celery's "received" and "succeeded" lines of a routine task unless the root logger is at DEBUG."""
+    """Drops Celery's "received" line of a routine task, and its "succeeded" line when the task's own line said
+    what it found (a check that held or exited: ``position_checked``), unless the root logger is at DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg not in _ROUTINE_LINES:
+        if record.msg is not LOG_RECEIVED and record.msg is not LOG_SUCCESS:
             return True
         data = getattr(record, "data", None)
-        if not (isinstance(data, dict) and data.get("name") in ROUTINE_TASKS):
+        said_itself = ROUTINE_TASKS.get(data.get("name")) if isinstance(data, dict) else None
+        if said_itself is None or (record.msg is LOG_SUCCESS and data.get("return_value") not in said_itself):
             return True
         return logging.getLogger().isEnabledFor(logging.DEBUG)
 
